@@ -1,0 +1,211 @@
+"""The built-in masked-diffusion transformer (``tiny`` family).
+
+A LLaDA-style mask predictor: bidirectional (or block-causal) attention, RoPE, RMSNorm, SwiGLU, no
+biases; from ~0.5M to ~100M parameters by config. It is a transformers ``PreTrainedModel`` registered
+with ``AutoConfig`` / ``AutoModel`` / ``AutoModelForMaskedLM`` under model type ``stabledrl-tiny``,
+so a saved directory loads with ``from_pretrained`` and no remote code (once ``system.models`` is
+imported).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+
+from system.models.base import KVCache, ModelSpec
+from system.models.layers import RMSNorm, apply_rope, rope_cos_sin
+from system.models.loading import weight_files
+from system.models.registry import Family
+
+MODEL_TYPE = "stabledrl-tiny"
+
+
+class TinyDLMConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        vocab_size: int = 128,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 344,
+        max_position_embeddings: int = 1024,
+        rope_theta: float = 10000.0,
+        rms_norm_eps: float = 1e-6,
+        attention: str = "full",
+        block_size: int | None = None,
+        mask_token_id: int = 0,
+        eos_token_id: int = 1,
+        pad_token_id: int = 2,
+        eot_token_id: int | None = None,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = False,
+        **kwargs: object,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.attention = attention
+        self.block_size = block_size
+        self.mask_token_id = mask_token_id
+        self.eot_token_id = eot_token_id
+        self.initializer_range = initializer_range
+        super().__init__(
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, config: TinyDLMConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        store_cache: bool,
+    ) -> torch.Tensor:
+        bsz, length, _ = x.shape
+        shape = (bsz, length, self.num_heads, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q, k = apply_rope(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v, store_cache)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, length, -1))
+
+
+class TinyMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: TinyDLMConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, config: TinyDLMConfig, layer: int) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = TinyAttention(config, layer)
+        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = TinyMLP(config)
+
+    def forward(self, x, cos, sin, mask, cache, store_cache):  # type: ignore[no-untyped-def]
+        x = x + self.attn(self.input_norm(x), cos, sin, mask, cache, store_cache)
+        return x + self.mlp(self.post_attention_norm(x))
+
+
+class TinyDLM(PreTrainedModel):
+    """The tiny family's network; its forward follows the contract in ``system.models.base``."""
+
+    config_class = TinyDLMConfig
+    base_model_prefix = "tiny"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TinyBlock"]
+
+    def __init__(self, config: TinyDLMConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(TinyBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        store_cache: bool = False,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        x = self.embed_tokens(input_ids)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        cos, sin = rope_cos_sin(position_ids, head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(layer, x, cos, sin, attention_mask, None, False, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attention_mask, cache, store_cache)
+        return self.lm_head(self.norm(x))
+
+
+AutoConfig.register(MODEL_TYPE, TinyDLMConfig)
+AutoModel.register(TinyDLMConfig, TinyDLM)
+AutoModelForMaskedLM.register(TinyDLMConfig, TinyDLM)
+
+
+def _spec(config: dict, directory: Path | None) -> ModelSpec:
+    attention = config.get("attention", "full")
+    return ModelSpec(
+        arch="tiny",
+        attention=attention,
+        block_size=config.get("block_size") if attention == "block" else None,
+        mask_token_id=int(config["mask_token_id"]),
+        eos_token_id=int(config["eos_token_id"]),
+        pad_token_id=int(config["pad_token_id"]),
+        eot_token_id=config.get("eot_token_id"),
+        vocab_size=int(config["vocab_size"]),
+    )
+
+
+def _build(config: dict) -> nn.Module:
+    return TinyDLM(TinyDLMConfig(**{k: v for k, v in config.items() if k != "model_type"}))
+
+
+def _load(directory: Path, config: dict, dtype: torch.dtype, device: str) -> nn.Module:
+    weight_files(directory)  # fails with a clear message when the directory has no weights
+    return TinyDLM.from_pretrained(str(directory), dtype=dtype).to(device)
+
+
+FAMILY = Family(
+    name="tiny",
+    architectures=("TinyDLM",),
+    build_net=_build,
+    spec=_spec,
+    load_net=_load,
+)
