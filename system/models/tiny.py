@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from system.models.base import KVCache, ModelSpec
 from system.models.layers import RMSNorm, apply_rope, rope_cos_sin
@@ -146,9 +147,7 @@ class TinyDLM(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Linear) or isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
@@ -199,6 +198,7 @@ def _build(config: dict) -> nn.Module:
 
 def _load(directory: Path, config: dict, dtype: torch.dtype, device: str) -> nn.Module:
     weight_files(directory)  # fails with a clear message when the directory has no weights
+    hf_logging.disable_progress_bar()
     return TinyDLM.from_pretrained(str(directory), dtype=dtype).to(device)
 
 

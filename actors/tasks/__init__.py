@@ -1,0 +1,1 @@
+"""Tasks: where examples come from and how completions are scored."""

@@ -1,0 +1,318 @@
+"""Typed configuration: one pydantic model per section, the defaults (here and nowhere else), YAML
+loading with ``--set section.key=value`` overrides, and error messages that name the key path, the
+value and what is allowed.
+
+Sections: model, decoding, data, rollout, reward, learner, algorithm, cluster, logging, sft.
+A YAML file under ``configs/`` may ``include:`` other files (paths relative to it); later keys win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; raised before any work starts."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TinyModelConfig(Section):
+    """Architecture of the built-in masked-diffusion transformer (used when ``model.path`` is unset)."""
+
+    hidden_size: int = Field(128, ge=8, le=4096, description="Model width.")
+    num_hidden_layers: int = Field(4, ge=1, le=64, description="Transformer blocks.")
+    num_attention_heads: int = Field(4, ge=1, le=64, description="Attention heads; must divide hidden_size.")
+    intermediate_size: int = Field(344, ge=8, le=16384, description="SwiGLU hidden width.")
+    max_position_embeddings: int = Field(1024, ge=16, description="Longest sequence the model is used on.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base.")
+    attention: Literal["full", "block"] = Field("full", description="full: bidirectional; block: block-causal.")
+    block_size: int | None = Field(None, ge=1, description="Block length when attention is 'block'.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("the head dimension (hidden_size / num_attention_heads) must be even for RoPE")
+        if self.attention == "block" and self.block_size is None:
+            raise ValueError("attention 'block' needs block_size (e.g. 4, 8 or 32)")
+        return self
+
+
+class ModelConfig(Section):
+    """Which model to load, and overrides of what its checkpoint says."""
+
+    path: str | None = Field(
+        None, description="Local checkpoint directory (any known family). None: build the tiny model."
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on GPU."
+    )
+    device: str = Field("cpu", description="torch device string: cpu, cuda, cuda:1 ...")
+    mask_token_id: int | None = Field(None, ge=0, description="Override the checkpoint's mask token id.")
+    eos_token_id: int | None = Field(None, ge=0, description="Override the checkpoint's EOS id.")
+    block_size: int | None = Field(None, ge=1, description="Override the block size of block families.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+
+
+class DecodingConfig(Section):
+    """LLaDA semi-autoregressive sampling (ALGORITHMS.md section 1)."""
+
+    gen_length: int = Field(128, ge=1, description="Completion tokens to generate (L).")
+    block_length: int = Field(32, ge=1, description="Semi-autoregressive block length (B); divides gen_length.")
+    steps: int = Field(64, ge=1, description="Total denoising steps (T); a multiple of gen_length / block_length.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="Gumbel-max temperature; 0 = greedy.")
+    remasking: Literal["low_confidence", "random"] = Field(
+        "low_confidence", description="Which masked positions to reveal each step."
+    )
+    top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens when sampling.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    cfg_scale: float = Field(0.0, ge=0.0, description="Classifier-free guidance scale s (0 = off).")
+    stop_at_eos: bool = Field(True, description="Stop once every row has a block of only EOS.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DecodingConfig:
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"block_length ({self.block_length}) must divide gen_length ({self.gen_length})"
+            )
+        num_blocks = self.gen_length // self.block_length
+        if self.steps % num_blocks:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of the number of blocks "
+                f"gen_length / block_length = {num_blocks}"
+            )
+        if self.steps // num_blocks > self.block_length:
+            raise ValueError(
+                f"steps per block ({self.steps // num_blocks}) exceeds block_length ({self.block_length}): "
+                "some steps would reveal nothing; lower steps"
+            )
+        return self
+
+
+class DataConfig(Section):
+    """Where examples come from."""
+
+    task: str = Field("copy", description="Task name (see `stabledrl data --help`).")
+    train_path: str | None = Field(None, description="Local JSONL with 'prompt' and 'completion' (SFT).")
+    test_path: str | None = Field(None, description="Held-out examples in the same format.")
+    max_prompt_length: int = Field(256, ge=1, description="Longer prompts are left-truncated.")
+    num_train: int = Field(2000, ge=1, description="Examples to generate when no train_path is given.")
+    num_test: int = Field(200, ge=1, description="Examples to generate when no test_path is given.")
+    seed: int = Field(0, description="Seed of the data generator.")
+
+
+class RolloutConfig(Section):
+    group_size: int = Field(8, ge=2, description="Completions per prompt (G).")
+    prompts_per_step: int = Field(4, ge=1, description="Prompts per RL step.")
+    num_actors: int = Field(1, ge=1, description="Rollout workers.")
+    max_staleness: int = Field(0, ge=0, description="Admit groups at most this many versions old (0 = on-policy).")
+
+
+class RewardConfig(Section):
+    profile: Literal["default", "d1"] = Field(
+        "default", description="default: correctness-first; d1: the published scoring with its quirks."
+    )
+    num_workers: int = Field(1, ge=1, description="Reward worker processes.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-item scoring time limit.")
+
+
+class LearnerConfig(Section):
+    lr: float = Field(1e-5, gt=0, le=1.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas, each in [0, 1).")
+    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    warmup_steps: int = Field(0, ge=0)
+    inner_updates: int = Field(1, ge=1, description="Optimizer steps per rollout batch (mu).")
+    micro_batch_size: int = Field(4, ge=1)
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+
+    @model_validator(mode="after")
+    def _check(self) -> LearnerConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas {self.betas} must each be in [0, 1)")
+        return self
+
+
+class AlgorithmConfig(Section):
+    name: Literal["stabledrl", "grpo", "agrpo", "diffu_grpo"] = Field("stabledrl")
+    estimator: Literal["elbo", "mean_field", "spg", "agrpo"] = Field("elbo")
+    num_mc_samples: int = Field(2, ge=1, description="Monte Carlo samples K of the likelihood estimate.")
+    clip_low: float | None = Field(None, ge=0.0, description="Lower clip bound on the ratio (None = none).")
+    clip_high: float | None = Field(5.0, gt=0.0, description="Upper clip bound on the ratio.")
+    kl_beta: float = Field(0.0, ge=0.0, description="k3 KL coefficient to the reference model.")
+    std_normalize: bool = Field(False, description="Divide advantages by the group std.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmConfig:
+        if self.clip_low is not None and self.clip_high is not None and self.clip_low >= self.clip_high:
+            raise ValueError(f"clip_low ({self.clip_low}) must be below clip_high ({self.clip_high})")
+        return self
+
+
+class ClusterConfig(Section):
+    mode: Literal["local", "ray"] = Field("local", description="local: one process; ray: Ray actors.")
+    address: str | None = Field(None, description="Ray address to join; None starts a local cluster on 127.0.0.1.")
+    num_learner_ranks: int = Field(1, ge=1)
+
+
+class LoggingConfig(Section):
+    wandb_mode: Literal["disabled", "offline", "online"] = Field("disabled")
+    project: str = Field("stabledrl")
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    log_every: int = Field(10, ge=1, description="Steps between log lines.")
+    progress: bool = Field(True, description="Show progress bars (plain lines when not a terminal).")
+
+
+class SFTConfig(Section):
+    """Masked-diffusion supervised fine-tuning (loss on completion tokens only)."""
+
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    loss_weighting: Literal["elbo", "mean"] = Field(
+        "elbo", description="elbo: 1/t-weighted sum per sequence (the bound); mean: per-token mean over masked."
+    )
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_examples: int = Field(64, ge=0, description="Test examples decoded after training (0: skip).")
+
+
+class Config(Section):
+    """A whole run."""
+
+    seed: int = Field(0, description="Seed for model init, data order and sampling.")
+    output_dir: str = Field("runs/default", description="Run directory: checkpoints, metrics, resolved config.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at the parent of ``loc`` (for unknown-key messages)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
+        path = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            lines.append(f"  {path}: unknown key (value {e['input']!r}); allowed keys here: {', '.join(allowed)}")
+        else:
+            value = e.get("input")
+            msg = e["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"  {path}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config, resolving ``include:`` (a path or list of paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: include cycle through {[str(p) for p in _seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    includes = data.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    merged: dict = {}
+    for inc in includes:
+        merged = _deep_merge(merged, read_yaml(path.parent / inc, (*_seen, path.resolve())))
+    return _deep_merge(merged, data)
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from e
+    out = dict(data)
+    node = out
+    for part in parts[:-1]:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
+def build_config(data: dict, source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    for assignment in overrides or []:
+        data = apply_override(data, assignment)
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return build_config(data, source)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run really used)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
