@@ -136,7 +136,9 @@ class LLaDA2Attention(nn.Module):
     ) -> torch.Tensor:
         bsz, length, _ = x.shape
         qkv = self.query_key_value(x).view(bsz, length, self.num_heads + 2 * self.kv_heads, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.split([self.num_heads, self.kv_heads, self.kv_heads], dim=2))
+        q, k, v = (
+            t.transpose(1, 2) for t in qkv.split([self.num_heads, self.kv_heads, self.kv_heads], dim=2)
+        )
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, k, cos, sin)

@@ -42,6 +42,8 @@ class GroupedTopKRouter(nn.Module):
     """Sigmoid router with grouped top-k selection; ``expert_bias`` (a persistent buffer, not trained by
     gradients) shifts which experts are chosen but not their weights."""
 
+    expert_bias: torch.Tensor
+
     def __init__(
         self,
         hidden_size: int,

@@ -164,7 +164,10 @@ def qwen3_config(config: dict) -> Qwen3Config:
         hidden_act=config.get("hidden_act", "silu"),
         max_position_embeddings=int(config.get("max_position_embeddings", 32768)),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.get("rope_theta", 1e6))},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": float(config.get("rope_theta", 1e6)),
+        },  # unused: RoPE is ours
         attention_bias=bool(config.get("attention_bias", False)),
         attention_dropout=float(config.get("attention_dropout", 0.0)),
         use_sliding_window=False,
@@ -193,12 +196,15 @@ class SDARBackbone(nn.Module):
 
     def __init__(self, qcfg: Qwen3Config, pad_token_id: int | None) -> None:
         super().__init__()
-        padding_idx = pad_token_id if pad_token_id is not None and 0 <= pad_token_id < qcfg.vocab_size else None
+        padding_idx = (
+            pad_token_id if pad_token_id is not None and 0 <= pad_token_id < qcfg.vocab_size else None
+        )
         # padding_idx as in the original: that row gets no gradient.
         self.embed_tokens = nn.Embedding(qcfg.vocab_size, qcfg.hidden_size, padding_idx)
         self.layers = nn.ModuleList(Qwen3DecoderLayer(qcfg, i) for i in range(qcfg.num_hidden_layers))
         for layer in self.layers:
-            layer.self_attn.is_causal = False  # block diffusion: only the caller's mask restricts attention
+            # block diffusion: only the caller's mask restricts attention
+            layer.self_attn.is_causal = False  # type: ignore[union-attr]
         self.norm = Qwen3RMSNorm(qcfg.hidden_size, eps=qcfg.rms_norm_eps)
 
 
@@ -208,6 +214,7 @@ class SDARNet(nn.Module):
     def __init__(self, config: dict) -> None:
         super().__init__()
         self.qcfg = qwen3_config(config)
+        self.rope_theta = float(config.get("rope_theta", 1e6))
         self.model = SDARBackbone(self.qcfg, _int_or_first(config.get("pad_token_id")))
         self.tie_word_embeddings = bool(self.qcfg.tie_word_embeddings)
         if not self.tie_word_embeddings:
@@ -237,7 +244,7 @@ class SDARNet(nn.Module):
             offset = cache.length if cache is not None else 0
             position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset)[None]
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(position_ids, self.qcfg.head_dim, self.qcfg.rope_parameters["rope_theta"], x.dtype)
+        cos, sin = rope_cos_sin(position_ids, self.qcfg.head_dim, self.rope_theta, x.dtype)
         rope = (cos[:, 0], sin[:, 0])  # Qwen3 adds the head axis itself
         view = _CacheView(cache, store_cache) if cache is not None else None
         for layer in self.model.layers:
