@@ -175,22 +175,28 @@ class ReferenceDecoder:
         self, x: torch.Tensor, logits: torch.Tensor, lo: int, hi: int, k: torch.Tensor,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One denoising step on rows ``x [b, N]``: which positions to reveal, with what tokens."""
+        """One denoising step on rows ``x [b, N]``: which positions to reveal, with what tokens.
+
+        Only the current block ``[lo, hi)`` can be revealed, so sampling and confidence are computed
+        there alone; the returned tensors are full width (zeros / False outside the block)."""
         p = self.params
-        b, n, vocab = logits.shape
-        filtered = filter_logits(logits, p.top_k, p.top_p)
+        block_logits = logits[:, lo:hi]
+        b, n, vocab = block_logits.shape
+        filtered = filter_logits(block_logits, p.top_k, p.top_p)
         tokens, lp, ent = sample_tokens(filtered.reshape(-1, vocab), p.temperature, generator)
         tokens, lp, ent = tokens.view(b, n), lp.view(b, n), ent.view(b, n)
         if p.remasking == "low_confidence":
-            probs = torch.softmax(logits.double(), dim=-1)
+            probs = torch.softmax(block_logits.double(), dim=-1)
             confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
         else:
             confidence = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
-        eligible = x == self.model.mask_token_id
-        eligible[:, :lo] = False
-        eligible[:, hi:] = False
+        eligible = x[:, lo:hi] == self.model.mask_token_id
         confidence = torch.where(eligible, confidence, torch.full_like(confidence, float("-inf")))
-        return select_reveal(confidence, k), tokens, lp, ent
+        reveal = torch.zeros_like(x, dtype=torch.bool)
+        reveal[:, lo:hi] = select_reveal(confidence, k)
+        full_tokens, full_lp, full_ent = x.clone(), torch.zeros_like(x, dtype=lp.dtype), torch.zeros_like(x, dtype=ent.dtype)
+        full_tokens[:, lo:hi], full_lp[:, lo:hi], full_ent[:, lo:hi] = tokens, lp, ent
+        return reveal, full_tokens, full_lp, full_ent
 
     def _stop_rows(
         self, x: torch.Tensor, active: torch.Tensor, unmask_step: torch.Tensor, filled: torch.Tensor,

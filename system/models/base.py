@@ -55,7 +55,8 @@ class ModelSpec:
     logits_shift: bool = False
     extra: dict = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Called by `DiffusionModel` once overrides are applied (so an override can fix a bad id)."""
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ValueError(
                 f"mask_token_id {self.mask_token_id} is outside the vocabulary [0, {self.vocab_size}); "
@@ -142,6 +143,7 @@ class DiffusionModel(nn.Module):
 
     def __init__(self, net: nn.Module, spec: ModelSpec) -> None:
         super().__init__()
+        spec.validate()
         self.net = net
         self.spec = spec
 
@@ -229,6 +231,11 @@ class DiffusionModel(nn.Module):
             cache: keys/values of finished blocks to attend over; ``store_cache`` appends this call's.
         """
         cache_len = cache.length if cache is not None else 0
+        if cache is not None and self.spec.logits_shift:
+            raise ValueError(
+                f"{self.spec.arch}: a KV cache is not supported for a shifted-logit (AR-head) family: the first "
+                "token of each call would need the logit of the last cached position"
+            )
         if position_ids is None:
             position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + cache_len)[None]
             position_ids = position_ids.expand(input_ids.shape[0], -1)

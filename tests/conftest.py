@@ -1,0 +1,43 @@
+"""Shared test fixtures: tiny models of every family, and the location of the golden fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from system.config import ModelConfig, TinyModelConfig
+from system.models import DiffusionModel, load_model
+from system.models.build import new_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "models"
+REAL_FAMILIES = ("llada", "dream", "sdar", "llada2")
+ALL_FAMILIES = ("tiny", "tiny_block", *REAL_FAMILIES)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def fixture_dir(family: str) -> Path:
+    path = FIXTURES / family
+    if not (path / "golden.safetensors").is_file():
+        pytest.skip(f"golden fixtures not found at {path} (../shared is absent in a user's clone)")
+    return path
+
+
+def tiny_model(attention: str = "full", block_size: int | None = None, seed: int = 0) -> DiffusionModel:
+    cfg = ModelConfig(tiny=TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=64, attention=attention, block_size=block_size))
+    model, _ = new_tiny_model(cfg, seed)
+    return model.eval()
+
+
+def family_model(family: str) -> DiffusionModel:
+    """A small model of ``family``: the built-in tiny model, or a real-family golden fixture."""
+    if family == "tiny":
+        return tiny_model()
+    if family == "tiny_block":
+        return tiny_model("block", 4)
+    overrides = {"block_size": 4} if family == "llada2" else None
+    return load_model(fixture_dir(family), overrides=overrides).eval()
