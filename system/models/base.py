@@ -62,6 +62,8 @@ class ModelSpec:
                 f"mask_token_id {self.mask_token_id} is outside the vocabulary [0, {self.vocab_size}); "
                 "set model.mask_token_id to the id of the checkpoint's mask token"
             )
+        if self.block_size is not None and (not isinstance(self.block_size, int) or isinstance(self.block_size, bool)):
+            raise ValueError(f"block_size must be an integer, got {self.block_size!r}")
         if self.attention == "block" and (self.block_size is None or self.block_size < 1):
             raise ValueError(f"a block-attention model needs block_size >= 1, got {self.block_size}")
 
