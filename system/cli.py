@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from system.config import ConfigError, load_config
-from system.data import DataError
-from system.models.loading import CheckpointError
+from system.config import load_config
+from system.errors import CheckpointError, ConfigError, DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_sft.yaml"
 
@@ -116,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     pi = msub.add_parser("inspect", help="family, parameters, special ids, block size and dtype of a checkpoint")
     pi.add_argument("path")
-    pi.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    pi.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     pi.set_defaults(func=cmd_model_inspect)
 
     p = sub.add_parser("demo", help="the CPU demo: SFT of the tiny model, then sampling")

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from system.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; raised before any work starts."""
+__all__ = ["Config", "ConfigError", "build_config", "dump_config", "load_config"]
 
 
 class Section(BaseModel):
@@ -263,8 +263,10 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    includes = data.pop("include", [])
+    includes = data.pop("include", None) or []
     includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: 'include' must be a file path or a list of paths, got {includes!r}")
     merged: dict = {}
     for inc in includes:
         merged = _deep_merge(merged, read_yaml(path.parent / inc, (*_seen, path.resolve())))

@@ -250,12 +250,6 @@ def test_missing_include(tmp_path: Path) -> None:
         load_config(tmp_path / "a.yaml")
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_yaml does `includes = data.pop('include', [])`; an empty `include:` (YAML null) "
-           "then reaches `for inc in None` and raises TypeError instead of ConfigError/being ignored",
-    raises=TypeError,
-    strict=True,
-)
 def test_empty_include_value(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("include:\nseed: 4\n")
     assert load_config(tmp_path / "a.yaml").seed == 4

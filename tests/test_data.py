@@ -86,12 +86,6 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
     assert _error(tmp_path) == f"data file {tmp_path} not found"
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_jsonl opens the file as UTF-8 and does not catch UnicodeDecodeError: a row with "
-           "invalid UTF-8 raises UnicodeDecodeError naming neither the file nor the line",
-    raises=UnicodeDecodeError,
-    strict=True,
-)
 def test_invalid_utf8_row(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     # line 2 holds 'caf\xe9' in Latin-1, which is not valid UTF-8

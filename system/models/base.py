@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from system.errors import CheckpointError
+
 AttentionFamily = Literal["full", "block"]
 
 
@@ -58,14 +60,14 @@ class ModelSpec:
     def validate(self) -> None:
         """Called by `DiffusionModel` once overrides are applied (so an override can fix a bad id)."""
         if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(
+            raise CheckpointError(
                 f"mask_token_id {self.mask_token_id} is outside the vocabulary [0, {self.vocab_size}); "
                 "set model.mask_token_id to the id of the checkpoint's mask token"
             )
         if self.block_size is not None and (not isinstance(self.block_size, int) or isinstance(self.block_size, bool)):
-            raise ValueError(f"block_size must be an integer, got {self.block_size!r}")
+            raise CheckpointError(f"block_size must be an integer, got {self.block_size!r}")
         if self.attention == "block" and (self.block_size is None or self.block_size < 1):
-            raise ValueError(f"a block-attention model needs block_size >= 1, got {self.block_size}")
+            raise CheckpointError(f"a block-attention model needs block_size >= 1, got {self.block_size}")
 
     def with_overrides(self, **kwargs: object) -> ModelSpec:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
@@ -183,10 +185,10 @@ class DiffusionModel(nn.Module):
         bsz, q_len = input_ids.shape
         k_len = cache_len + q_len
         if attention_mask is not None and attention_mask.dim() == 4:
-            if attention_mask.shape[-2:] != (q_len, k_len):
+            if attention_mask.shape[0] not in (1, bsz) or tuple(attention_mask.shape[1:]) != (1, q_len, k_len):
                 raise ValueError(
                     f"4D attention mask has shape {tuple(attention_mask.shape)}; expected "
-                    f"[B, 1, {q_len}, {k_len}] (queries x cache + queries)"
+                    f"[{bsz} or 1, 1, {q_len}, {k_len}] (batch, 1, queries, cache + queries)"
                 )
             if attention_mask.dtype != torch.bool:
                 raise ValueError("4D attention masks must be boolean (True = may attend)")

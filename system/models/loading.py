@@ -14,12 +14,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from system.errors import CheckpointError
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded; the message names the path and the fix."""
 
 
 def read_json(path: Path) -> dict:

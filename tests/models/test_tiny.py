@@ -229,12 +229,6 @@ def test_4d_mask_wrong_shape_raises() -> None:
         model(x, attention_mask=torch.ones(2, 5, dtype=torch.long))
 
 
-@pytest.mark.xfail(
-    reason="BUG: DiffusionModel.build_attention_mask checks only the last two dims of a 4D mask; a batch "
-           "dim that is neither 1 nor B reaches SDPA and fails with a RuntimeError about tensor sizes",
-    raises=RuntimeError,
-    strict=True,
-)
 def test_4d_mask_wrong_batch_raises_value_error() -> None:
     model = build()
     with pytest.raises(ValueError, match="4D attention mask"):
