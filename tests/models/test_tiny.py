@@ -219,7 +219,7 @@ def test_kv_cache_matches_no_cache_forward() -> None:
 def test_4d_mask_wrong_shape_raises() -> None:
     model = build()
     x = ids(2, 6)
-    with pytest.raises(ValueError, match=r"4D attention mask has shape \(2, 1, 6, 5\); expected \[B, 1, 6, 6\]"):
+    with pytest.raises(ValueError, match=r"4D attention mask has shape \(2, 1, 6, 5\); expected \[2 or 1, 1, 6, 6\]"):
         model(x, attention_mask=torch.ones(2, 1, 6, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be boolean"):
         model(x, attention_mask=torch.ones(2, 1, 6, 6))
