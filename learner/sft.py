@@ -98,7 +98,7 @@ def sft_loss(
         loss = nll.sum() / masked.sum().clamp(min=1)
     else:
         raise ValueError(f"unknown loss weighting {weighting!r}; use 'elbo' or 'mean'")
-    token_nll = float(nll.sum() / masked.sum().clamp(min=1))
+    token_nll = float(nll.detach().sum() / masked.sum().clamp(min=1))
     return loss, {"masked_nll": token_nll, "mask_rate": float(masked.float().mean())}
 
 
