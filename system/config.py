@@ -125,6 +125,44 @@ class RewardConfig(Section):
     )
     num_workers: int = Field(1, ge=1, description="Reward worker processes.")
     timeout_s: float = Field(10.0, gt=0, description="Per-item scoring time limit.")
+    # Code sandbox (actors/sandbox): where generated code runs and the limits of one run.
+    sandbox: Literal["process", "http"] = Field(
+        "process", description="process: local child processes (actors/sandbox/process.py); http: a "
+        "Sandbox-Fusion-style run_code service at sandbox_url."
+    )
+    sandbox_url: str | None = Field(None, description="run_code service, e.g. http://sandbox:8080 (sandbox: http).")
+    sandbox_cpu_s: float = Field(5.0, ge=0.01, le=3600, description="CPU seconds per sandboxed process (RLIMIT_CPU).")
+    sandbox_wall_s: float = Field(
+        10.0, ge=0.01, le=3600, description="Wall-clock seconds per sandbox run; then all its processes are killed."
+    )
+    sandbox_memory_mb: int = Field(512, ge=32, le=1 << 20, description="Address space per process, MiB (RLIMIT_AS).")
+    sandbox_max_processes: int = Field(
+        16, ge=1, le=4096, description="Processes and threads one run may have at once (RLIMIT_NPROC)."
+    )
+    sandbox_max_open_files: int = Field(64, ge=16, le=1 << 20, description="Open files per process (RLIMIT_NOFILE).")
+    sandbox_max_file_mb: int = Field(16, ge=0, le=1 << 20, description="Largest file a run may write, MiB (RLIMIT_FSIZE).")
+    sandbox_max_output_bytes: int = Field(
+        65536, ge=256, le=1 << 30, description="stdout and stderr are each cut to this many bytes."
+    )
+    sandbox_max_tmp_mb: int = Field(
+        64, ge=1, le=1 << 20, description="Private tmpfs for the working directory and /tmp, MiB (mount namespace)."
+    )
+    sandbox_require: list[str] = Field(
+        default_factory=list,
+        description="Protections that must be active or every run fails as sandbox_error, e.g. "
+        "['network_namespace', 'separate_uid'] (names: actors.sandbox.PROTECTIONS).",
+    )
+    sandbox_site_packages: bool = Field(
+        False, description="Let sandboxed programs import this environment's site-packages (stdlib only otherwise)."
+    )
+
+    @model_validator(mode="after")
+    def _check_sandbox(self) -> RewardConfig:
+        if self.sandbox == "http" and not self.sandbox_url:
+            raise ValueError("sandbox 'http' needs sandbox_url (e.g. http://sandbox:8080), or set sandbox: process")
+        if self.sandbox_url is not None and not self.sandbox_url.startswith(("http://", "https://")):
+            raise ValueError(f"sandbox_url {self.sandbox_url!r} must start with http:// or https://")
+        return self
 
 
 class LearnerConfig(Section):
