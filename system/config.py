@@ -191,6 +191,41 @@ class AlgorithmConfig(Section):
     kl_beta: float = Field(0.0, ge=0.0, description="k3 KL coefficient to the reference model.")
     std_normalize: bool = Field(False, description="Divide advantages by the group std.")
 
+    # Policy losses, advantages and instability diagnostics (learner/losses, learner/advantages,
+    # learner/diagnostics; ALGORITHMS.md section 3). clip_low / clip_high above bound stabledrl's weights
+    # (two-sided 1 +- eps: clip_low = 1 - eps, clip_high = 1 + eps); kl_beta is grpo's k3 KL weight.
+    grpo_eps: float = Field(
+        0.2, gt=0.0, lt=1.0, description="grpo: clip range [1 - eps, 1 + eps] of the conditional PPO clip."
+    )
+    grpo_level: Literal["token", "sequence"] = Field(
+        "token", description="grpo: one ratio per token (averaged 1/|o| per sequence) or one per sequence."
+    )
+    sequence_reduce: Literal["sum", "mean"] = Field(
+        "sum",
+        description="Sequence-level losses (stabledrl; grpo at level sequence) given token estimates: l_i = "
+        "sum (the log-likelihood) or mean (length-normalised) over the scored tokens.",
+    )
+    diffu_grpo_eps: float = Field(0.5, gt=0.0, lt=1.0, description="diffu_grpo (d1): token-level clip range.")
+    diffu_grpo_kl_beta: float = Field(
+        0.04, ge=0.0, description="diffu_grpo (d1): k3 KL weight to the reference model (0: no reference pass)."
+    )
+    agrpo_eps: float = Field(0.2, gt=0.0, lt=1.0, description="agrpo: clip range of the per-step ratios.")
+    bypass_eps: float = Field(
+        0.2, gt=0.0, le=10.0,
+        description="stabledrl diagnostics: the bypass region is A < 0 and r > 1 + bypass_eps (the PPO-clip "
+        "losses use their own eps).",
+    )
+    leave_one_out: bool = Field(
+        False, description="Advantages: r_i minus the mean of the group's other samples (group_size >= 2)."
+    )
+    drop_zero_variance_groups: bool = Field(
+        False, description="Leave out groups whose rewards are all equal (no signal); counted either way."
+    )
+    spike_factor: float = Field(
+        5.0, gt=1.0, le=1e6, description="Gradient spike: pre-clip grad norm > spike_factor x running median."
+    )
+    spike_window: int = Field(100, ge=1, le=100000, description="Recent grad norms in the running median.")
+
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:
         if self.clip_low is not None and self.clip_high is not None and self.clip_low >= self.clip_high:
