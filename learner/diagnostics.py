@@ -37,7 +37,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -212,10 +212,10 @@ class SpikeDetector:
         self.num_spikes += int(spike)
         return spike
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {"norms": list(self._norms), "num_spikes": self.num_spikes}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._norms.clear()
-        self._norms.extend(float(v) for v in state["norms"])  # type: ignore[union-attr]
-        self.num_spikes = int(state["num_spikes"])  # type: ignore[call-overload]
+        self._norms.extend(float(v) for v in state["norms"])
+        self.num_spikes = int(state["num_spikes"])

@@ -18,6 +18,8 @@ the bypass region where estimation noise alone creates gradient spikes (DESIGN.m
   One entry j per sampled step ([B, k] layout: new_logp is that step's log-prob) or per token revealed
   at a sampled step ([B, L] layout with token_mask; pass k). No KL (beta = 0 in the AGRPO code).
 
+With a reference, the diagnostics add ``kl``: the mean k3 over valid entries.
+
 Departures from the public code: the d1 / TRL code averages the per-sequence terms over the whole
 batch, -(1/B) sum_i; with groups of equal size that is the formula above, which keeps the fixed 1/G
 per group when groups differ in size. The log-ratio is not clamped before exp (GRPO's behaviour is the
@@ -127,6 +129,7 @@ class GRPO(PolicyLoss):
             ref = None if ref is None else sequence_logp(ref, valid, self.sequence_reduce)
             valid = torch.ones_like(new, dtype=torch.bool)
         groups, adv, beta, eps = batch.groups, batch.advantages, self.kl_beta, self.eps
+        ref_t = ref if ref is not None else torch.zeros_like(old)  # only read when beta > 0 (ref checked)
         per_row = valid.sum(dim=1).clamp(min=1).to(new.dtype) if new.dim() == 2 else torch.ones_like(new)
         # weight of sample i's summed terms: 1 / (|g| n_g |o_i|)
         coef = 1.0 / (groups.num_groups * groups.expand(groups.sizes.to(new.dtype)) * per_row)
@@ -136,7 +139,7 @@ class GRPO(PolicyLoss):
             log_ratio = torch.where(valid, x - old, torch.zeros_like(x))
             term, _, _ = clipped_surrogate(log_ratio, adv, eps)
             if beta > 0.0:
-                term = term - beta * k3_kl(ref, x)  # ref and x are 0 where not valid
+                term = term - beta * k3_kl(ref_t, x)  # ref and x are 0 where not valid
             return -(torch.where(valid, term, torch.zeros_like(term)) * coef_b).sum()
 
         log_ratio = torch.where(valid, new.detach() - old, torch.zeros_like(old))
