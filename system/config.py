@@ -190,6 +190,45 @@ class AlgorithmConfig(Section):
     clip_high: float | None = Field(5.0, gt=0.0, description="Upper clip bound on the ratio.")
     kl_beta: float = Field(0.0, ge=0.0, description="k3 KL coefficient to the reference model.")
     std_normalize: bool = Field(False, description="Divide advantages by the group std.")
+    # Likelihood / ratio estimators (learner/estimators; ALGORITHMS.md section 2).
+    coupling: Literal["auto", "independent", "shared", "complementary"] = Field(
+        "auto",
+        description="Masks of the new vs old policy estimates: independent draws, shared draws (common random "
+        "numbers: ratio exactly 1 at theta = theta_old), or complementary pairs m / 1-m (ELBO only, shared). "
+        "auto: the estimator's published choice (elbo, spg: independent; mean_field: shared; agrpo: n/a).",
+    )
+    elbo_weighting: Literal["one_over_t", "mean"] = Field(
+        "mean",
+        description="ELBO per sample: one_over_t = (1/t) * sum of masked log-probs (the bound); mean = mean "
+        "log-prob over the masked tokens (length-normalised, the StableDRL code's choice).",
+    )
+    t_sampling: Literal["uniform", "stratified"] = Field(
+        "uniform", description="ELBO noise levels: t ~ U(0, 1] per sample, or stratified t_k in ((k-1)/K, k/K]."
+    )
+    prompt_mask_prob: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Mean-field (d1): probability of masking each prompt token."
+    )
+    spg_block_size: int = Field(32, ge=1, description="SPG: completion block length of block-random masking.")
+    spg_clean_mask_prob: float = Field(
+        0.15, ge=0.0, lt=1.0, description="SPG: probability of masking each prompt token and clean earlier token."
+    )
+    eubo_beta: float = Field(1.5, gt=0.0, le=10.0, description="SPG: beta of the EUBO (Renyi) upper bound.")
+    spg_mix_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="SPG: negative-advantage surrogate = w * EUBO + (1 - w) * ELBO."
+    )
+    agrpo_num_steps: int = Field(24, ge=1, description="AGRPO: denoising steps k sampled per sequence.")
+    agrpo_sampling: Literal["uniform", "entropy"] = Field(
+        "uniform",
+        description="AGRPO: steps drawn uniformly over the active steps, or by entropy importance sampling "
+        "(with unbiasing weights). The per-step factorisation is exact only under random remasking.",
+    )
+    agrpo_old_logprobs: Literal["cached", "recompute"] = Field(
+        "cached",
+        description="AGRPO: old log-probs from generation time (cached) or recomputed with the old model.",
+    )
+    estimator_chunk_rows: int | None = Field(
+        None, ge=1, description="Most rows per estimator forward pass (None: all K samples in one pass)."
+    )
 
     # Policy losses, advantages and instability diagnostics (learner/losses, learner/advantages,
     # learner/diagnostics; ALGORITHMS.md section 3). clip_low / clip_high above bound stabledrl's weights
@@ -230,6 +269,16 @@ class AlgorithmConfig(Section):
     def _check(self) -> AlgorithmConfig:
         if self.clip_low is not None and self.clip_high is not None and self.clip_low >= self.clip_high:
             raise ValueError(f"clip_low ({self.clip_low}) must be below clip_high ({self.clip_high})")
+        if self.coupling == "complementary" and self.estimator != "elbo":
+            raise ValueError(
+                f"coupling 'complementary' needs estimator 'elbo' (got {self.estimator!r}); "
+                "use coupling 'shared' or 'independent'"
+            )
+        if self.estimator == "agrpo" and self.coupling != "auto":
+            raise ValueError(
+                f"estimator 'agrpo' takes its old log-probs from the trajectory, so coupling must be 'auto' "
+                f"(got {self.coupling!r}); choose cached or recomputed old log-probs with agrpo_old_logprobs"
+            )
         return self
 
 
