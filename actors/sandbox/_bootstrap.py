@@ -333,6 +333,22 @@ def kill_descendants(timeout_s: float = 10.0) -> None:
             time.sleep(0.001)
 
 
+def kill_uid_at_once(uid: int) -> None:
+    """SIGKILL every process of ``uid`` in one step: a helper that becomes ``uid`` calls kill(-1),
+    which the kernel delivers to all of them at once (no fork can slip between), sparing the helper."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, SIGKILL)
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(helper, 0)
+
+
 def setup(cfg: dict, prot: dict, notes: dict) -> str:
     """The bootstrap's own setup; returns the program's source text."""
     prctl(PR_SET_PDEATHSIG, SIGKILL)
@@ -375,6 +391,8 @@ def main(argv: list[str]) -> None:
         status = os.waitpid(supervisor, 0)[1]
     elif os.WIFSIGNALED(status):
         reporter.send("supervisor", f"killed by signal {os.WTERMSIG(status)}")
+    if cfg["uid"] is not None and not prot.get("pid_namespace"):
+        kill_uid_at_once(cfg["uid"])  # with a pid namespace the supervisor's end did this already
     kill_descendants()
     reporter.send("wall_s", f"{elapsed:.6f}")
     os._exit(0)

@@ -24,6 +24,7 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,9 @@ PROTECTIONS = {
     "readonly_root": "every inherited mount read-only",
 }
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 STATUS_CAP = 1 << 20
+BACKSTOP_GRACE_S = 5.0
 
 
 class _UidPool:
@@ -162,6 +165,8 @@ class ProcessSandbox:
             # The scan is a safety net: skipped only when the pid namespace's end already killed all.
             if uid is not None and not (ended_cleanly and result.protections.get("pid_namespace")):
                 survivors = kill_uid(uid)
+            if uid is not None and not (ended_cleanly and result.protections.get("private_tmp")):
+                _remove_owned_by(uid, SHARED_TMP_DIRS)
             shutil.rmtree(workdir, ignore_errors=True)
             if lock_fd >= 0:
                 _UidPool.release(lock_fd, clean=not survivors)
@@ -201,7 +206,7 @@ class ProcessSandbox:
             os.close(status_w)
             if stdin_fd != subprocess.DEVNULL:
                 os.close(stdin_fd)
-        backstop = start + limits.wall_s + max(2.0, 0.25 * limits.wall_s)
+        backstop = start + limits.wall_s + max(BACKSTOP_GRACE_S, 0.25 * limits.wall_s)
         out, err, status, killed = _collect(proc, status_r, backstop, limits.max_output_bytes, uid)
         try:  # the bootstrap has closed its pipes, so it is exiting: wait without reaping, kill its
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # group while the pgid is ours
@@ -212,6 +217,29 @@ class ProcessSandbox:
         messages = _parse_status(status)
         result = _interpret(out, err, messages, killed, proc.returncode, time.monotonic() - start, limits)
         return result, "wall_s" in messages and not killed and proc.returncode == 0
+
+
+def _remove_owned_by(uid: int, dirs: Collection[str]) -> None:
+    """Without a private tmpfs a run may leave files in the world-writable directories: remove the
+    entries directly inside ``dirs`` that its uid owns (deeper world-writable places are not swept)."""
+    for directory in dirs:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid != uid:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _stdin_fd(stdin: str, root: Path) -> int:
@@ -227,22 +255,24 @@ def _stdin_fd(stdin: str, root: Path) -> int:
 def _collect(proc: subprocess.Popen, status_r: int, backstop: float, cap: int,
              uid: int | None) -> tuple[bytearray, bytearray, bytearray, bool]:
     """Read stdout, stderr (each kept up to ``cap`` + 1 bytes) and the status pipe until all close.
-    At ``backstop`` kill the group and the uid, then read what is left. Returns (out, err, status,
-    killed at the backstop)."""
+    Past ``backstop`` kill the run's uid, and past one more grace period the bootstrap's group, then
+    read what is left. Returns (out, err, status, whether the backstop had to kill)."""
     assert proc.stdout is not None and proc.stderr is not None
     buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), status_r: bytearray()}
     caps = {proc.stdout.fileno(): cap + 1, proc.stderr.fileno(): cap + 1, status_r: STATUS_CAP}
-    killed = False
+    stage = 0  # 1: the backstop passed, the run's uid was killed; 2: the bootstrap was killed too
     with selectors.DefaultSelector() as selector:
         for fd in buffers:
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             remaining = backstop - time.monotonic()
-            if remaining <= 0 and not killed:
-                killed = True
-                _kill_run(proc.pid, uid)
-                backstop = time.monotonic() + 2.0
+            if remaining <= 0 and stage < 2:
+                # A slow bootstrap (a loaded machine) is still reaping: kill the run's uid first and
+                # give it time; only then kill its group (orphans may then be left to init as zombies).
+                stage = 1 if uid is not None and stage == 0 else 2
+                _kill_run(pgid=proc.pid if stage == 2 else None, uid=uid)
+                backstop = time.monotonic() + BACKSTOP_GRACE_S
                 continue
             if remaining <= 0:  # a holder of the pipes survived: stop reading
                 break
@@ -258,13 +288,15 @@ def _collect(proc: subprocess.Popen, status_r: int, backstop: float, cap: int,
                 room = caps[fd] - len(buffers[fd])
                 if room > 0:
                     buffers[fd] += data[:room]
+    killed = stage > 0
     os.close(status_r)
     return buffers[proc.stdout.fileno()], buffers[proc.stderr.fileno()], buffers[status_r], killed
 
 
-def _kill_run(pgid: int, uid: int | None) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _kill_run(pgid: int | None, uid: int | None) -> None:
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
     if uid is not None:
         kill_uid(uid)
 
