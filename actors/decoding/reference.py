@@ -29,7 +29,7 @@ import torch
 
 from system.config import DecodingConfig
 from system.diffusion import block_layout, left_pad, num_transfer_tokens, positions_from_padding
-from system.models.base import DiffusionModel
+from system.models.base import DiffusionModel, KVCache
 
 
 @dataclass
@@ -98,8 +98,31 @@ def select_reveal(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (ranks < k[:, None]) & torch.isfinite(confidence)
 
 
+@dataclass
+class _Batch:
+    """Mutable decoding state of one ``generate`` call (B rows, P prompt, L completion)."""
+
+    x: torch.Tensor  # [B, P + L] tokens, mask id where not yet revealed
+    prompt_mask: torch.Tensor  # [B, P]
+    attn: torch.Tensor  # [B, P + L] padding mask
+    pos: torch.Tensor  # [B, P + L] position ids
+    plen: int
+    unmask_step: torch.Tensor
+    logprobs: torch.Tensor
+    entropies: torch.Tensor
+    filled: torch.Tensor
+    steps_taken: torch.Tensor
+    active: torch.Tensor  # [B] bool, rows still decoding
+    passes: int = 0
+
+
 class ReferenceDecoder:
-    """LLaDA semi-autoregressive sampler over any `DiffusionModel` (see the module docstring)."""
+    """LLaDA semi-autoregressive sampler over any `DiffusionModel` (see the module docstring).
+
+    For block-attention models with ``decoding.use_cache`` the finished blocks are kept in an exact KV
+    cache: the prompt is prefilled once, each denoising step runs only the current block over the
+    cache, and a finished block is committed with one more pass. Outputs equal the uncached decoder's.
+    """
 
     def __init__(self, model: DiffusionModel, params: DecodingConfig) -> None:
         self.model = model
@@ -111,103 +134,137 @@ class ReferenceDecoder:
                 f"decoding.block_length ({params.block_length}) must be a multiple of the model's block "
                 f"size ({bs}) for a block-attention model"
             )
+        self.use_cache = params.use_cache and model.attention == "block"
+        if self.use_cache and params.cfg_scale > 0:
+            raise ValueError("classifier-free guidance is not supported with the block KV cache; set decoding.use_cache=false")
 
-    def _logits(self, x: torch.Tensor, pad: torch.Tensor, pos: torch.Tensor, prompt_len: int) -> torch.Tensor:
-        attn = torch.cat([pad, torch.ones_like(x[:, prompt_len:])], dim=1)
+    def _logits(self, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, plen: int, pmask: torch.Tensor) -> torch.Tensor:
         if self.params.cfg_scale <= 0:
             return self.model(x, attention_mask=attn, position_ids=pos).float()
         uncond = x.clone()
-        uncond[:, :prompt_len] = torch.where(pad.bool(), self.model.mask_token_id, x[:, :prompt_len])
+        uncond[:, :plen] = torch.where(pmask.bool(), self.model.mask_token_id, x[:, :plen])
         both = self.model(torch.cat([x, uncond]), attention_mask=attn.repeat(2, 1), position_ids=pos.repeat(2, 1))
         cond, unc = both.float().chunk(2)
         return unc + (self.params.cfg_scale + 1.0) * (cond - unc)
+
+    def _init(self, prompts: list[list[int]] | list[torch.Tensor]) -> _Batch:
+        model, glen = self.model, self.params.gen_length
+        align = model.block_size if model.attention == "block" and model.block_size else 1
+        prompt_ids, prompt_mask = left_pad(prompts, model.spec.pad_token_id, multiple_of=align)
+        device = model.device
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        bsz = prompt_ids.shape[0]
+        masks = torch.full((bsz, glen), model.mask_token_id, dtype=torch.long, device=device)
+        attn = torch.cat([prompt_mask, torch.ones(bsz, glen, dtype=torch.long, device=device)], 1)
+        zeros = torch.zeros(bsz, glen, device=device)
+        return _Batch(
+            x=torch.cat([prompt_ids, masks], 1), prompt_mask=prompt_mask, attn=attn,
+            pos=positions_from_padding(attn), plen=prompt_ids.shape[1],
+            unmask_step=torch.full((bsz, glen), -1, dtype=torch.long, device=device),
+            logprobs=zeros, entropies=zeros.clone(), filled=torch.zeros(bsz, glen, dtype=torch.bool, device=device),
+            steps_taken=torch.zeros(bsz, dtype=torch.long, device=device),
+            active=torch.ones(bsz, dtype=torch.bool, device=device),
+        )
 
     @torch.no_grad()
     def generate(
         self, prompts: list[list[int]] | list[torch.Tensor], generator: torch.Generator | None = None
     ) -> DecodeOutput:
         """Decode one completion per prompt. Deterministic for a given generator state."""
-        p, model = self.params, self.model
-        mask_id, eos_id = model.mask_token_id, model.spec.eos_token_id
-        align = model.block_size if model.attention == "block" and model.block_size else 1
-        prompt_ids, prompt_mask = left_pad(prompts, model.spec.pad_token_id, multiple_of=align)
-        device = model.device
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        bsz, plen, glen = prompt_ids.shape[0], prompt_ids.shape[1], p.gen_length
-        x = torch.cat([prompt_ids, torch.full((bsz, glen), mask_id, dtype=torch.long, device=device)], 1)
-        full_pad = torch.cat([prompt_mask, torch.ones(bsz, glen, dtype=torch.long, device=device)], 1)
-        pos = positions_from_padding(full_pad)
-        unmask_step = torch.full((bsz, glen), -1, dtype=torch.long, device=device)
-        logprobs = torch.zeros(bsz, glen, device=device)
-        entropies = torch.zeros(bsz, glen, device=device)
-        filled = torch.zeros(bsz, glen, dtype=torch.bool, device=device)
-        steps_taken = torch.zeros(bsz, dtype=torch.long, device=device)
-        active = torch.ones(bsz, dtype=torch.bool, device=device)
-        num_blocks, steps_per_block = block_layout(glen, p.block_length, p.steps)
-        passes = 0
+        p = self.params
+        b = self._init(prompts)
+        cache = None
+        if self.use_cache:
+            cache = KVCache()
+            self.model(b.x[:, :b.plen], attention_mask=b.prompt_mask, position_ids=b.pos[:, :b.plen],
+                       cache=cache, store_cache=True)
+            b.passes += b.x.shape[0]
+        num_blocks, _ = block_layout(p.gen_length, p.block_length, p.steps)
+        step = 0
         for block in range(num_blocks):
-            lo, hi = plen + block * p.block_length, plen + (block + 1) * p.block_length
-            schedule = num_transfer_tokens((x[:, lo:hi] == mask_id).sum(-1), steps_per_block)
-            for i in range(steps_per_block):
-                rows = active.nonzero().squeeze(-1)
-                if rows.numel() == 0:
-                    break
-                step = block * steps_per_block + i
-                xr = x[rows]
-                logits = self._logits(xr, prompt_mask[rows], pos[rows], plen)
-                passes += rows.numel() * (2 if p.cfg_scale > 0 else 1)
-                reveal, tokens, lp, ent = self._step(xr, logits, lo, hi, schedule[rows, i], generator)
-                x[rows] = torch.where(reveal, tokens, xr)
-                comp = reveal[:, plen:]
-                unmask_step[rows] = torch.where(comp, step, unmask_step[rows])
-                logprobs[rows] = torch.where(comp, lp[:, plen:], logprobs[rows])
-                entropies[rows] = torch.where(comp, ent[:, plen:], entropies[rows])
-                steps_taken[rows] = step + 1
+            lo, hi = b.plen + block * p.block_length, b.plen + (block + 1) * p.block_length
+            step = self._decode_block(b, lo, hi, step, cache, generator)
+            if cache is not None:
+                self.model(b.x[:, lo:hi], attention_mask=b.attn[:, :hi], position_ids=b.pos[:, lo:hi],
+                           cache=cache, store_cache=True)
+                b.passes += b.x.shape[0]
             if p.stop_at_eos:
-                self._stop_rows(x, active, unmask_step, filled, steps_taken, lo, hi, plen, eos_id)
+                self._stop_rows(b, lo, hi)
+            if not bool(b.active.any()):
+                break
         return DecodeOutput(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=x[:, plen:],
-            unmask_step=unmask_step, logprobs=logprobs, entropies=entropies, filled=filled,
-            steps_taken=steps_taken, forward_passes=passes,
+            prompt_ids=b.x[:, :b.plen], prompt_mask=b.prompt_mask, completion_ids=b.x[:, b.plen:],
+            unmask_step=b.unmask_step, logprobs=b.logprobs, entropies=b.entropies, filled=b.filled,
+            steps_taken=b.steps_taken, forward_passes=b.passes,
         )
 
-    def _step(
-        self, x: torch.Tensor, logits: torch.Tensor, lo: int, hi: int, k: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One denoising step on rows ``x [b, N]``: which positions to reveal, with what tokens.
+    def _decode_block(
+        self, b: _Batch, lo: int, hi: int, step: int, cache: KVCache | None, generator: torch.Generator | None
+    ) -> int:
+        """Reveal every masked token of block ``[lo, hi)``; returns the next global step index."""
+        p, mask_id, plen = self.params, self.model.mask_token_id, b.plen
+        _, steps_per_block = block_layout(p.gen_length, p.block_length, p.steps)
+        threshold = p.remasking == "threshold"
+        schedule = num_transfer_tokens((b.x[:, lo:hi] == mask_id).sum(-1), steps_per_block)
+        for i in range(p.block_length if threshold else steps_per_block):
+            pending = b.active & (b.x[:, lo:hi] == mask_id).any(-1)
+            if not bool(pending.any()):
+                break
+            rows = pending.nonzero().squeeze(-1)
+            if cache is not None:
+                # The cache holds every row, so every row runs; only pending rows sample (the same
+                # random draws as the uncached path).
+                logits = self.model(b.x[:, lo:hi], attention_mask=b.attn[:, :hi], position_ids=b.pos[:, lo:hi],
+                                    cache=cache).float()[rows]
+                b.passes += b.x.shape[0]
+            else:
+                logits = self._logits(b.x[rows], b.attn[rows], b.pos[rows], plen, b.prompt_mask[rows])[:, lo:hi]
+                b.passes += rows.numel() * (2 if p.cfg_scale > 0 else 1)
+            k = None if threshold else schedule[rows, i]
+            reveal, tokens, lp, ent = self._step(b.x[rows, lo:hi], logits, k, generator)
+            region = b.x[rows, lo:hi]
+            b.x[rows, lo:hi] = torch.where(reveal, tokens, region)
+            c_lo, c_hi = lo - plen, hi - plen
+            b.unmask_step[rows, c_lo:c_hi] = torch.where(reveal, step, b.unmask_step[rows, c_lo:c_hi])
+            b.logprobs[rows, c_lo:c_hi] = torch.where(reveal, lp, b.logprobs[rows, c_lo:c_hi])
+            b.entropies[rows, c_lo:c_hi] = torch.where(reveal, ent, b.entropies[rows, c_lo:c_hi])
+            b.steps_taken[pending] = step + 1
+            step += 1
+        return step
 
-        Only the current block ``[lo, hi)`` can be revealed, so sampling and confidence are computed
-        there alone; the returned tensors are full width (zeros / False outside the block)."""
+    def _step(
+        self, x: torch.Tensor, logits: torch.Tensor, k: torch.Tensor | None, generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One denoising step on the current block of some rows: ``x [b, n]``, ``logits [b, n, V]``.
+        Returns ``(reveal [b, n] bool, tokens, logprobs, entropies)``. ``k`` tokens per row are revealed;
+        ``k=None`` (threshold remasking) reveals every position whose confidence reaches the threshold,
+        and at least the most confident one."""
         p = self.params
-        block_logits = logits[:, lo:hi]
-        b, n, vocab = block_logits.shape
-        filtered = filter_logits(block_logits, p.top_k, p.top_p)
+        b, n, vocab = logits.shape
+        filtered = filter_logits(logits, p.top_k, p.top_p)
         tokens, lp, ent = sample_tokens(filtered.reshape(-1, vocab), p.temperature, generator)
         tokens, lp, ent = tokens.view(b, n), lp.view(b, n), ent.view(b, n)
-        if p.remasking == "low_confidence":
-            probs = torch.softmax(block_logits.double(), dim=-1)
-            confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
-        else:
+        if p.remasking == "random":
             confidence = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
-        eligible = x[:, lo:hi] == self.model.mask_token_id
+        else:
+            probs = torch.softmax(logits.double(), dim=-1)
+            confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        eligible = x == self.model.mask_token_id
         confidence = torch.where(eligible, confidence, torch.full_like(confidence, float("-inf")))
-        reveal = torch.zeros_like(x, dtype=torch.bool)
-        reveal[:, lo:hi] = select_reveal(confidence, k)
-        full_tokens, full_lp, full_ent = x.clone(), torch.zeros_like(x, dtype=lp.dtype), torch.zeros_like(x, dtype=ent.dtype)
-        full_tokens[:, lo:hi], full_lp[:, lo:hi], full_ent[:, lo:hi] = tokens, lp, ent
-        return reveal, full_tokens, full_lp, full_ent
+        if k is None:
+            k = (confidence >= p.confidence_threshold).sum(-1).clamp(min=1)
+        return select_reveal(confidence, k), tokens, lp, ent
 
-    def _stop_rows(
-        self, x: torch.Tensor, active: torch.Tensor, unmask_step: torch.Tensor, filled: torch.Tensor,
-        steps_taken: torch.Tensor, lo: int, hi: int, plen: int, eos_id: int,
-    ) -> None:
+    def _stop_rows(self, b: _Batch, lo: int, hi: int) -> None:
         """Rows whose just-finished block is all EOS stop; their later positions become EOS."""
-        done = active & (x[:, lo:hi] == eos_id).all(-1)
-        if not bool(done.any()) or hi == x.shape[1]:
+        eos = self.model.spec.eos_token_id
+        done = b.active & (b.x[:, lo:hi] == eos).all(-1)
+        if not bool(done.any()):
             return
-        rest = slice(hi - plen, None)
-        x[done, hi:] = eos_id
-        filled[done, rest] = True
-        unmask_step[done, rest] = (steps_taken[done] - 1)[:, None]
-        active &= ~done
+        b.active &= ~done
+        if hi == b.x.shape[1]:
+            return
+        rest = slice(hi - b.plen, None)
+        b.x[done, hi:] = eos
+        b.filled[done, rest] = True
+        b.unmask_step[done, rest] = (b.steps_taken[done] - 1)[:, None]

@@ -31,7 +31,8 @@ class Recorder(DiffusionModel):
 
 
 def params(**kw) -> DecodingConfig:  # type: ignore[no-untyped-def]
-    base = {"gen_length": 16, "block_length": 8, "steps": 8, "temperature": 0.0, "stop_at_eos": False}
+    base = {"gen_length": 16, "block_length": 8, "steps": 8, "temperature": 0.0, "stop_at_eos": False,
+            "use_cache": False}
     return DecodingConfig(**{**base, **kw})
 
 
@@ -173,3 +174,29 @@ def test_select_reveal_takes_the_k_most_confident_eligible() -> None:
 def test_block_model_needs_block_length_multiple_of_its_block_size() -> None:
     with pytest.raises(ValueError, match="multiple of the model's block size"):
         ReferenceDecoder(tiny_model("block", 4), params(gen_length=12, block_length=6, steps=4))
+
+
+@pytest.mark.parametrize("family", ["tiny_block", "sdar", "llada2"])
+@pytest.mark.parametrize("remasking", ["low_confidence", "threshold"])
+def test_block_kv_cache_decoding_equals_uncached(family: str, remasking: str) -> None:
+    model = family_model(family)
+    prompts = [[(i * 11 + j) % 90 + 10 for j in range(n)] for i, n in enumerate([5, 2, 8])]
+    kw = {"temperature": 0.8, "remasking": remasking, "confidence_threshold": 0.2, "stop_at_eos": True}
+    plain = ReferenceDecoder(model, params(**kw)).generate(prompts, torch.Generator().manual_seed(5))
+    cached_decoder = ReferenceDecoder(model, params(use_cache=True, **kw))
+    assert cached_decoder.use_cache
+    cached = cached_decoder.generate(prompts, torch.Generator().manual_seed(5))
+    assert torch.equal(plain.completion_ids, cached.completion_ids)
+    assert torch.equal(plain.unmask_step, cached.unmask_step)
+    torch.testing.assert_close(plain.logprobs, cached.logprobs, atol=1e-5, rtol=0)
+
+
+def test_threshold_remasking_reveals_confident_positions_together() -> None:
+    # With threshold 1e-9 every masked position qualifies: one step per block.
+    model = tiny_model()
+    out = ReferenceDecoder(model, params(remasking="threshold", confidence_threshold=1e-9)).generate(PROMPTS)
+    assert out.unmask_step[:, :8].eq(0).all() and out.unmask_step[:, 8:].eq(1).all()
+    assert out.forward_passes == 2 * len(PROMPTS)
+    # With threshold 1 (never reached) exactly one position per step is revealed: 8 steps per block.
+    out = ReferenceDecoder(model, params(remasking="threshold", confidence_threshold=1.0)).generate(PROMPTS)
+    assert sorted(out.unmask_step[0].tolist()) == list(range(16))
