@@ -72,9 +72,13 @@ class DecodingConfig(Section):
     block_length: int = Field(32, ge=1, description="Semi-autoregressive block length (B); divides gen_length.")
     steps: int = Field(64, ge=1, description="Total denoising steps (T); a multiple of gen_length / block_length.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="Gumbel-max temperature; 0 = greedy.")
-    remasking: Literal["low_confidence", "random"] = Field(
-        "low_confidence", description="Which masked positions to reveal each step."
+    remasking: Literal["low_confidence", "random", "threshold"] = Field(
+        "low_confidence",
+        description="low_confidence: the k most confident; random: k uniformly random; threshold: every "
+        "position whose confidence reaches confidence_threshold (at least one; Fast-dLLM parallel decoding).",
     )
+    confidence_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold of 'threshold' remasking.")
+    use_cache: bool = Field(True, description="Exact KV cache of finished blocks for block-attention models.")
     top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens when sampling.")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     cfg_scale: float = Field(0.0, ge=0.0, description="Classifier-free guidance scale s (0 = off).")
@@ -110,6 +114,45 @@ class DataConfig(Section):
     num_train: int = Field(2000, ge=1, description="Examples to generate when no train_path is given.")
     num_test: int = Field(200, ge=1, description="Examples to generate when no test_path is given.")
     seed: int = Field(0, description="Seed of the data generator.")
+    # Task datasets, prompts and generators (actors/tasks, actors/generators).
+    prompt_boxed: bool | None = Field(
+        None, description="Ask for \\boxed{} inside <answer> (d1's evaluation prompts); None: the task's own "
+        "default (math, aime: yes; the others: no)."
+    )
+    prefill_reasoning: bool = Field(
+        False, description="End the rendered prompt with '<reasoning>\\n' after the assistant header (d1's evaluation)."
+    )
+    code_format: Literal["auto", "humaneval", "mbpp", "kodcode"] = Field(
+        "auto", description="Field layout of code datasets; auto: decided per row from its fields."
+    )
+    code_max_test_cases: int = Field(
+        16, ge=1, le=1000, description="Code: sandbox runs per completion at most; HumanEval asserts beyond it are "
+        "grouped, KodCode / MBPP tests beyond it dropped."
+    )
+    sudoku_size: Literal[4, 9] = Field(4, description="Generated sudoku: 4 (2x2 boxes) or 9 (3x3 boxes).")
+    sudoku_blanks: int | None = Field(
+        None, ge=1, le=64, description="Generated sudoku: empty cells per puzzle (4x4: at most 12, 9x9: at most 64); "
+        "None: 8 for 4x4 (d1's test set), 45 for 9x9."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Generated sudoku: share of solution grids held out for the test split."
+    )
+    countdown_numbers: int = Field(3, ge=2, le=6, description="Generated countdown: numbers per puzzle (d1: 3).")
+    countdown_max_number: int = Field(99, ge=1, le=1_000_000, description="Generated countdown: numbers in [1, this].")
+    countdown_max_target: int = Field(
+        100, ge=1, le=1_000_000_000, description="Generated countdown: targets in [1, this]."
+    )
+    countdown_ops: str = Field("+-*/", description="Generated countdown: operators the recorded solution may use.")
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> DataConfig:
+        most = {4: 12, 9: 64}[self.sudoku_size]
+        if self.sudoku_blanks is not None and self.sudoku_blanks > most:
+            raise ValueError(f"sudoku_blanks ({self.sudoku_blanks}) must be at most {most} for sudoku_size "
+                             f"{self.sudoku_size} (a unique solution needs enough givens); lower it")
+        if not self.countdown_ops or set(self.countdown_ops) - set("+-*/"):
+            raise ValueError(f"countdown_ops {self.countdown_ops!r} must be a non-empty subset of '+-*/'")
+        return self
 
 
 class RolloutConfig(Section):
@@ -125,6 +168,18 @@ class RewardConfig(Section):
     )
     num_workers: int = Field(1, ge=1, description="Reward worker processes.")
     timeout_s: float = Field(10.0, gt=0, description="Per-item scoring time limit.")
+    # Reward functions and workers (actors/rewards, actors/reward_worker.py).
+    format_weight: float = Field(
+        0.1, ge=0.0, le=1.0, description="default profile: score = (1 - w) * correctness + w * format; 0 scores "
+        "correctness only."
+    )
+    code_max_timeouts: int = Field(
+        1, ge=1, le=1000, description="Code: once this many test runs of one completion timed out, its remaining "
+        "tests count as failed without running (an endless loop would fail them all)."
+    )
+    start_method: Literal["forkserver", "spawn"] = Field(
+        "forkserver", description="How reward worker processes start (never fork: torch is loaded in the parent)."
+    )
     # Code sandbox (actors/sandbox): where generated code runs and the limits of one run.
     sandbox: Literal["process", "http"] = Field(
         "process", description="process: local child processes (actors/sandbox/process.py); http: a "
