@@ -30,7 +30,8 @@ class SandboxLimits:
     """Resource limits of one run.
 
     Attributes:
-        cpu_s: CPU seconds per process (RLIMIT_CPU; SIGXCPU at the limit, SIGKILL one second later).
+        cpu_s: CPU seconds per process (RLIMIT_CPU, rounded up to whole seconds; SIGXCPU at the
+            limit, SIGKILL one second later).
         wall_s: wall-clock seconds for the whole run; then every process of the run is killed.
         memory_mb: address space per process (RLIMIT_AS), in MiB.
         max_processes: processes and threads the run may have at once (RLIMIT_NPROC of its own uid).

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import os
 import selectors
 import shutil
@@ -30,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 from actors.sandbox.base import SandboxLimits, SandboxResult, cut_output
@@ -56,6 +56,8 @@ PROTECTIONS = {
 }
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Uids are a machine-wide resource: their locks live at one fixed place, whatever TMPDIR or work_root.
+UID_LOCK_DIR = Path("/tmp/stabledrl-sandbox-uids")
 STATUS_CAP = 1 << 20
 BACKSTOP_GRACE_S = 5.0
 
@@ -65,11 +67,11 @@ class _UidPool:
 
     def __init__(self, lock_dir: Path, base: int, count: int) -> None:
         self.lock_dir, self.base, self.count = lock_dir, base, count
-        self._next = itertools.count((os.getpid() * 7919) % count)
+        self._next = (os.getpid() * 7919) % count  # only where the search starts: flock decides
 
     def claim(self) -> tuple[int, int]:
         """Returns (uid, lock fd); processes left by a crashed former holder are killed first."""
-        start = next(self._next)
+        start, self._next = self._next, (self._next + 1) % self.count
         for i in range(self.count):
             slot = (start + i) % self.count
             fd = os.open(self.lock_dir / str(slot), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -104,7 +106,6 @@ def _work_root(work_root: str | None) -> Path:
         raise ValueError(f"sandbox work root {root} is not a directory owned by uid {os.geteuid()}; "
                          "remove it or pass another work_root")
     os.chmod(root, mode)
-    (root / "locks").mkdir(mode=0o700, exist_ok=True)
     return root
 
 
@@ -119,7 +120,8 @@ class ProcessSandbox:
         require: names from ``PROTECTIONS`` that must be active, else the run is a ``sandbox_error``.
         site_packages: let programs import this environment's site-packages (stdlib only otherwise).
         work_root: where run directories go (default: the system temp directory).
-        uid_base, uid_count: the pool of per-run uids.
+        uid_base, uid_count: the pool of per-run uids (machine-wide, locked under ``UID_LOCK_DIR``;
+            containers sharing a kernel without user namespaces need disjoint ranges).
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, python: str | None = None,
@@ -136,7 +138,12 @@ class ProcessSandbox:
             raise ValueError(f"sandbox interpreter {self.python!r} is not executable; pass python=PATH")
         self.namespaces, self.require, self.site_packages = list(namespaces), list(require), site_packages
         self.root = _work_root(work_root)
-        self._uids = _UidPool(self.root / "locks", uid_base, uid_count) if separate_uid and os.geteuid() == 0 else None
+        self._uids = None
+        if separate_uid and os.geteuid() == 0:
+            UID_LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+            if UID_LOCK_DIR.is_symlink() or UID_LOCK_DIR.stat().st_uid != 0:
+                raise ValueError(f"{UID_LOCK_DIR} must be a directory owned by root; remove it")
+            self._uids = _UidPool(UID_LOCK_DIR, uid_base, uid_count)
         self._probe: SandboxResult | None = None
 
     def probe(self) -> SandboxResult:
@@ -146,34 +153,40 @@ class ProcessSandbox:
         return self._probe
 
     def run(self, program: str, *, stdin: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
-        """Run ``program`` (Python source text) as ``main.py``; see ``SandboxResult`` for what comes back."""
+        """Run ``program`` (Python source text) as ``main.py``; see ``SandboxResult`` for what comes
+        back. A failure of this machine (no uid free, no file descriptors...) is a ``sandbox_error``."""
         limits = limits or self.limits
         if not isinstance(program, str) or not isinstance(stdin, str):
             raise TypeError("program and stdin must be str")
-        uid, lock_fd = self._uids.claim() if self._uids else (None, -1)
-        workdir = tempfile.mkdtemp(prefix="run-", dir=self.root)
-        survivors: list[int] = []
-        ended_cleanly = False
         try:
+            uid, lock_fd = self._uids.claim() if self._uids else (None, -1)
+        except (OSError, RuntimeError) as exc:
+            return SandboxResult("sandbox_error", None, "", "", 0.0, {}, reason=f"no sandbox uid: {exc}")
+        result = SandboxResult("sandbox_error", None, "", "", 0.0, {}, reason="the sandbox failed to start")
+        ended_cleanly, survivors, workdir = False, [], ""
+        try:
+            workdir = tempfile.mkdtemp(prefix="run-", dir=self.root)
             main = Path(workdir) / "main.py"
             main.write_text(program, encoding="utf-8", errors="surrogatepass")
             os.chmod(main, 0o644)
             if uid is not None:
                 os.chown(workdir, uid, uid)
             result, ended_cleanly = self._execute(workdir, uid, stdin, limits)
+        except OSError as exc:
+            result = replace(result, reason=f"the sandbox failed to start: {exc}")
         finally:
-            # The scan is a safety net: skipped only when the pid namespace's end already killed all.
-            if uid is not None and not (ended_cleanly and result.protections.get("pid_namespace")):
-                survivors = kill_uid(uid)
-            if uid is not None and not (ended_cleanly and result.protections.get("private_tmp")):
-                _remove_owned_by(uid, SHARED_TMP_DIRS)
-            shutil.rmtree(workdir, ignore_errors=True)
+            if uid is not None:  # safety nets, skipped where the namespaces' end already did the work
+                if not (ended_cleanly and result.protections.get("pid_namespace")):
+                    survivors = kill_uid(uid)
+                if not (ended_cleanly and result.protections.get("private_tmp")):
+                    _remove_owned_by(uid, SHARED_TMP_DIRS)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
             if lock_fd >= 0:
                 _UidPool.release(lock_fd, clean=not survivors)
         if survivors:  # never seen; the uid stays locked so that no later run shares it
-            return SandboxResult("sandbox_error", None, result.stdout, result.stderr, result.wall_s,
-                                 result.protections, result.truncated,
-                                 f"processes {survivors} of uid {uid} survived SIGKILL")
+            return replace(result, status="sandbox_error", exit_code=None,
+                           reason=f"processes {survivors} of uid {uid} survived SIGKILL")
         return result
 
     def _execute(self, workdir: str, uid: int | None, stdin: str,

@@ -15,8 +15,10 @@ import errno
 import http.server
 import json
 import os
+import pickle
 import socket
 import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +34,7 @@ from actors.sandbox import (
     limits_from_config,
     make_sandbox,
 )
-from actors.sandbox.process import _UidPool
+from actors.sandbox.process import UID_LOCK_DIR, _UidPool
 from actors.sandbox.procfs import processes_of_uid
 from actors.sandbox.remote import to_result
 from system.config import RewardConfig
@@ -279,7 +281,6 @@ def test_working_directory_is_fresh_and_removed(sandbox: ProcessSandbox) -> None
     workdir = Path(first.stdout.splitlines()[0])
     assert first.stdout.splitlines()[1] == "['main.py', 'note.txt']"
     assert workdir.parent == sandbox.root and not workdir.exists()
-    assert sorted(p.name for p in sandbox.root.iterdir()) == ["locks"]
     second = sandbox.run("import os\nprint(sorted(os.listdir()))")
     assert second.stdout == "['main.py']\n"
 
@@ -297,6 +298,20 @@ def test_concurrent_runs_from_threads_get_their_own_uid_and_output(full: Process
         thread.join()
     assert [results[i].stdout.splitlines()[1] for i in range(4)] == ["0", "1", "4", "9"]
     assert len({run_uid(results[i]) for i in range(4)}) == 4
+
+
+def test_many_processes_share_the_uid_pool_and_a_sandbox_pickles(full: ProcessSandbox) -> None:
+    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom actors.sandbox import ProcessSandbox\n"
+              "sb = ProcessSandbox()\nfor i in range(3):\n"
+              "    r = sb.run('import os, time\\ntime.sleep(0.2)\\nprint(os.getuid())')\n"
+              "    print(r.status, r.stdout.strip(), flush=True)\n")
+    others = [subprocess.Popen([sys.executable, "-c", script, str(REPO)], stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    copy = pickle.loads(pickle.dumps(full))  # e.g. handed to a worker process
+    mine = [copy.run("print(1)").status for _ in range(3)]
+    lines = [line for proc in others for line in proc.communicate(timeout=120)[0].splitlines()]
+    assert mine == ["ok"] * 3 and [line.split()[0] for line in lines] == ["ok"] * 6
+    assert all(1_700_000_000 <= int(line.split()[1]) < 1_700_004_096 for line in lines)
 
 
 def test_uid_pool_is_exclusive(tmp_path: Path) -> None:
@@ -319,6 +334,26 @@ def test_required_protection_missing_is_a_sandbox_error() -> None:
     assert result.reason.startswith("required protections not active: network_namespace: not attempted")
     with pytest.raises(ValueError, match="unknown protection"):
         ProcessSandbox(require=["seccomp"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-run uids need root")
+def test_machine_failures_are_sandbox_errors() -> None:
+    # No free uid: the one slot of this pool is held (as another process would hold it).
+    base = 1_700_004_000
+    held = _UidPool(UID_LOCK_DIR, base, 1).claim()
+    busy = ProcessSandbox(LIMITS, uid_base=base, uid_count=1).run("print(1)")
+    assert (busy.status, busy.reason) == ("sandbox_error", f"no sandbox uid: all 1 sandbox uids from {base} are in use")
+    _UidPool.release(held[1], clean=True)
+    # A per-run uid without the mount namespace that exposes the interpreter: fine only when the
+    # interpreter's standard library is world-readable (here it lives under /root, mode 0700).
+    stdlib = Path(os.path.dirname(os.__file__))
+    readable = all(p.stat().st_mode & 0o001 for p in [stdlib, *stdlib.parents])
+    result = ProcessSandbox(LIMITS, namespaces=()).run("print(1)")
+    if readable:
+        assert result.status == "ok"
+    else:
+        assert result.status == "sandbox_error" and result.stdout == ""
+        assert result.reason.startswith(f"the standard library {stdlib} is not readable by uid 17")
 
 
 HUMAN_EVAL_IDS = ("HumanEval/0", "HumanEval/4", "HumanEval/12", "HumanEval/35", "HumanEval/53", "HumanEval/162")
