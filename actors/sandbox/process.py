@@ -203,24 +203,27 @@ class ProcessSandbox:
                                                "max_open_files", "max_file_mb", "max_tmp_mb")},
         }
         env = {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
-        stdin_fd = _stdin_fd(stdin, self.root)
+        data = stdin.encode("utf-8", errors="surrogatepass")
+        stdin_r, stdin_w = os.pipe() if data else (subprocess.DEVNULL, -1)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 [self.python, "-I", "-S", "-B", str(BOOTSTRAP), *(f"{k}={v}" for k, v in cfg.items())],
-                stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,),
+                stdin=stdin_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,),
                 start_new_session=True, env=env, cwd=workdir, close_fds=True,
             )
         except OSError as exc:
             os.close(status_r)
+            if stdin_w >= 0:
+                os.close(stdin_w)
             reason = f"could not start {self.python}: {exc}"
             return SandboxResult("sandbox_error", None, "", "", 0.0, {}, reason=reason), False
         finally:
             os.close(status_w)
-            if stdin_fd != subprocess.DEVNULL:
-                os.close(stdin_fd)
+            if stdin_w >= 0:
+                os.close(stdin_r)
         backstop = start + limits.wall_s + max(BACKSTOP_GRACE_S, 0.25 * limits.wall_s)
-        out, err, status, killed = _collect(proc, status_r, backstop, limits.max_output_bytes, uid)
+        out, err, status, killed = _collect(proc, status_r, (stdin_w, data), backstop, limits.max_output_bytes, uid)
         try:  # the bootstrap has closed its pipes, so it is exiting: wait without reaping, kill its
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # group while the pgid is ours
             os.killpg(proc.pid, signal.SIGKILL)
@@ -255,29 +258,23 @@ def _remove_owned_by(uid: int, dirs: Collection[str]) -> None:
                     os.unlink(path)
 
 
-def _stdin_fd(stdin: str, root: Path) -> int:
-    """An unlinked read-only file holding ``stdin`` (no pipe to fill and block on), or /dev/null."""
-    if not stdin:
-        return subprocess.DEVNULL
-    with tempfile.TemporaryFile(dir=root) as handle:
-        handle.write(stdin.encode("utf-8", errors="surrogatepass"))
-        handle.flush()
-        return os.open(f"/proc/self/fd/{handle.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
-
-
-def _collect(proc: subprocess.Popen, status_r: int, backstop: float, cap: int,
+def _collect(proc: subprocess.Popen, status_r: int, stdin: tuple[int, bytes], backstop: float, cap: int,
              uid: int | None) -> tuple[bytearray, bytearray, bytearray, bool]:
-    """Read stdout, stderr (each kept up to ``cap`` + 1 bytes) and the status pipe until all close.
-    Past ``backstop`` kill the run's uid, and past one more grace period the bootstrap's group, then
-    read what is left. Returns (out, err, status, whether the backstop had to kill)."""
+    """Feed stdin through its pipe (consumed once read: a program cannot rewind it), and read stdout,
+    stderr (each kept up to ``cap`` + 1 bytes) and the status pipe until all close. Past ``backstop``
+    kill the run's uid, and past one more grace period the bootstrap's group, then read what is left.
+    Returns (out, err, status, whether the backstop had to kill)."""
     assert proc.stdout is not None and proc.stderr is not None
-    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), status_r: bytearray()}
-    caps = {proc.stdout.fileno(): cap + 1, proc.stderr.fileno(): cap + 1, status_r: STATUS_CAP}
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    buffers = {out: bytearray(), err: bytearray(), status_r: bytearray()}
+    caps = {out: cap + 1, err: cap + 1, status_r: STATUS_CAP}
+    stdin_w, pending = stdin[0], memoryview(stdin[1])
     stage = 0  # 1: the backstop passed, the run's uid was killed; 2: the bootstrap was killed too
     with selectors.DefaultSelector() as selector:
-        for fd in buffers:
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ)
+        for fd in (*buffers, stdin_w):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                selector.register(fd, selectors.EVENT_WRITE if fd == stdin_w else selectors.EVENT_READ)
         while selector.get_map():
             remaining = backstop - time.monotonic()
             if remaining <= 0 and stage < 2:
@@ -290,20 +287,31 @@ def _collect(proc: subprocess.Popen, status_r: int, backstop: float, cap: int,
             if remaining <= 0:  # a holder of the pipes survived: stop reading
                 break
             for key, _ in selector.select(remaining):
-                fd = key.fd
+                if key.fd == stdin_w:
+                    try:
+                        pending = pending[os.write(stdin_w, pending[:1 << 16]):]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the program closed its stdin: the rest is not wanted
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(stdin_w)
+                        os.close(stdin_w)
+                    continue
                 try:
-                    data = os.read(fd, 1 << 16)
+                    data = os.read(key.fd, 1 << 16)
                 except BlockingIOError:
                     continue
                 if not data:
-                    selector.unregister(fd)
+                    selector.unregister(key.fd)
                     continue
-                room = caps[fd] - len(buffers[fd])
+                room = caps[key.fd] - len(buffers[key.fd])
                 if room > 0:
-                    buffers[fd] += data[:room]
-    killed = stage > 0
+                    buffers[key.fd] += data[:room]
+    if stdin_w >= 0 and pending:
+        os.close(stdin_w)
     os.close(status_r)
-    return buffers[proc.stdout.fileno()], buffers[proc.stderr.fileno()], buffers[status_r], killed
+    return buffers[out], buffers[err], buffers[status_r], stage > 0
 
 
 def _kill_run(pgid: int | None, uid: int | None) -> None:

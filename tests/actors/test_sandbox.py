@@ -122,6 +122,12 @@ def test_stdin_given_or_empty_and_minimal_environment(sandbox: ProcessSandbox,
     given = sandbox.run("import sys; print(sys.stdin.read().upper())", stdin="héllo\nworld")
     assert given.stdout == "HÉLLO\nWORLD\n"
     assert sandbox.run("import sys; print(repr(sys.stdin.read()))").stdout == "''\n"
+    # Larger than a pipe's buffer, fed while the program reads; unread input does not block the run.
+    assert sandbox.run("import sys; print(len(sys.stdin.read()))", stdin="x" * 300_000).stdout == "300000\n"
+    assert sandbox.run("print('skipped')", stdin="x" * 300_000).stdout == "skipped\n"
+    # A pipe: once read, stdin cannot be rewound to read it again (say, a harness's secret token).
+    rewind = sandbox.run("import os, sys\nsys.stdin.readline()\nos.lseek(0, 0, os.SEEK_SET)", stdin="token\n")
+    assert rewind.stderr.endswith("OSError: [Errno 29] Illegal seek\n")
     env = sandbox.run("import os; print(sorted(os.environ))")
     assert env.stdout == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']\n"
     assert "hunter2" not in sandbox.run("import os; print(dict(os.environ))").stdout
@@ -334,6 +340,13 @@ def test_required_protection_missing_is_a_sandbox_error() -> None:
     assert result.reason.startswith("required protections not active: network_namespace: not attempted")
     with pytest.raises(ValueError, match="unknown protection"):
         ProcessSandbox(require=["seccomp"])
+
+
+def test_site_packages_only_when_asked() -> None:
+    program = "import yaml\nprint(yaml.safe_dump({'a': 1}).strip())"
+    assert ProcessSandbox(LIMITS, site_packages=True).run(program).stdout == "a: 1\n"
+    bare = ProcessSandbox(LIMITS).run(program)
+    assert bare.status == "error" and bare.stderr.endswith("ModuleNotFoundError: No module named 'yaml'\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-run uids need root")
