@@ -234,6 +234,7 @@ def run_program(source: str, site_packages: bool) -> None:
     module.__builtins__ = builtins
     sys.modules["__main__"] = module
     sys.argv = ["main.py"]
+    sys.path.insert(0, os.getcwd())  # as ``python main.py`` would: files it writes can be imported
     try:
         exec(compile(source, "main.py", "exec"), module.__dict__)
     except SystemExit:

@@ -6,9 +6,11 @@ The names in ``PROTECTIONS`` say which were active; a run reports them in ``Sand
 and ``require`` turns a missing one into a ``sandbox_error`` before the program starts.
 
 This process (the parent) only: writes the program to a file, starts the bootstrap with a minimal
-environment in a new session, reads stdout / stderr (each capped, the rest drained and dropped) and
-the status pipe, kills the process group and every process of the run's uid once the run is over
-(and at a backstop deadline should the bootstrap itself fail), and removes the directory.
+environment in a new session, feeds stdin through a pipe, reads stdout / stderr (each capped, the
+rest drained and dropped) and the status pipe, and removes the directory. As safety nets it kills
+the process group and every process of the run's uid (skipped when the run's pid namespace ended
+cleanly: the kernel already killed everything in it), sweeps the shared tmp directories when there
+was no private tmpfs, and has a backstop deadline in case the bootstrap itself fails.
 
 Thread-safe and usable from many processes at once: each run has its own pipes and directory, and
 uids are claimed from a pool with ``flock`` on per-uid lock files (released by the kernel if this

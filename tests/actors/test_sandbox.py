@@ -287,8 +287,9 @@ def test_working_directory_is_fresh_and_removed(sandbox: ProcessSandbox) -> None
     workdir = Path(first.stdout.splitlines()[0])
     assert first.stdout.splitlines()[1] == "['main.py', 'note.txt']"
     assert workdir.parent == sandbox.root and not workdir.exists()
-    second = sandbox.run("import os\nprint(sorted(os.listdir()))")
-    assert second.stdout == "['main.py']\n"
+    second = sandbox.run("import os\nprint(sorted(os.listdir()))\nopen('helper.py', 'w').write('X = 5')\n"
+                         "import helper\nprint(helper.X)")
+    assert second.stdout == "['main.py']\n5\n"
 
 
 def test_concurrent_runs_from_threads_get_their_own_uid_and_output(full: ProcessSandbox) -> None:
