@@ -160,6 +160,13 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(4, ge=1, description="Prompts per RL step.")
     num_actors: int = Field(1, ge=1, description="Rollout workers.")
     max_staleness: int = Field(0, ge=0, description="Admit groups at most this many versions old (0 = on-policy).")
+    decode_batch_size: int = Field(32, ge=1, description="Rows (prompt x completion) decoded together.")
+    steps: int = Field(100, ge=1, description="RL steps (learner updates of rollout batches) to run.")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: generate then learn; async: generation of step n+1 overlaps learning on step n.")
+    publish_every: int = Field(1, ge=1, description="Publish new weights to the rollout workers every n steps.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every n steps (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the test split every n steps (0: never during training).")
 
 
 class RewardConfig(Section):
@@ -341,6 +348,73 @@ class ClusterConfig(Section):
     mode: Literal["local", "ray"] = Field("local", description="local: one process; ray: Ray actors.")
     address: str | None = Field(None, description="Ray address to join; None starts a local cluster on 127.0.0.1.")
     num_learner_ranks: int = Field(1, ge=1)
+    # Worker groups and the Ray cluster (system/workers, system/ray_cluster.py).
+    num_reward_workers: int = Field(
+        1, ge=1, le=4096, description="RewardWorker actors (each runs reward.num_workers scoring processes); "
+        "the rollout worker count is rollout.num_actors."
+    )
+    namespace: str = Field(
+        "stabledrl", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Ray namespace of this run's actors (letters, digits, _ . -).",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, le=1_000_000, description="Logical CPUs of a local Ray cluster (None: this machine's cores); "
+        "ignored when joining cluster.address."
+    )
+    num_gpus: int | None = Field(
+        None, ge=0, le=1024, description="GPUs of a local Ray cluster (None: detected); ignored when joining."
+    )
+    object_store_mb: int | None = Field(
+        None, ge=64, le=1 << 24, description="Object store of a local Ray cluster, MiB (None: Ray's default)."
+    )
+    rollout_cpus: float = Field(1.0, ge=0.0, le=1024, description="CPUs per rollout worker actor.")
+    rollout_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per rollout worker actor (fractions share one).")
+    reward_cpus: float = Field(1.0, ge=0.0, le=1024, description="CPUs per reward worker actor.")
+    reward_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per reward worker actor.")
+    learner_cpus: float = Field(1.0, ge=0.0, le=1024, description="CPUs per learner rank.")
+    learner_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per learner rank (NCCL needs at least 1).")
+    learner_backend: Literal["gloo", "nccl"] = Field(
+        "gloo", description="torch.distributed backend of the learner ranks: gloo (CPU) or nccl (GPU)."
+    )
+    learner_placement: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="Placement-group strategy of the learner ranks' bundles (STRICT_PACK: one node)."
+    )
+    max_restarts: int = Field(
+        3, ge=-1, le=1_000_000, description="Ray restarts of a dead rollout / reward actor (-1: unlimited, 0: "
+        "none); learner ranks never restart (a learner failure stops the run)."
+    )
+    max_task_retries: int = Field(
+        3, ge=0, le=1_000_000, description="Times a call whose worker died is re-issued (on the restarted worker, "
+        "or on a live one) before it fails; the worker group re-issues, not Ray, so each result comes back once."
+    )
+    startup_timeout_s: float = Field(
+        600.0, gt=0, le=86400, description="How long a worker may take to start (or restart) before it is an error."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="How long to try reaching cluster.address before giving up."
+    )
+    auth_mode: Literal["token", "disabled"] = Field(
+        "token", description="Ray token authentication (RAY_AUTH_MODE): the token comes from RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (a local cluster creates one)."
+    )
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> ClusterConfig:
+        if self.learner_backend == "nccl" and self.learner_gpus < 1:
+            raise ValueError(f"learner_backend 'nccl' needs learner_gpus >= 1 per rank (got {self.learner_gpus}); "
+                             "set learner_gpus: 1, or learner_backend: gloo on CPU")
+        if self.learner_cpus <= 0 and self.learner_gpus <= 0:
+            raise ValueError("learner_cpus and learner_gpus are both 0: a learner rank needs a CPU or a GPU")
+        if self.address is not None:
+            addr = self.address.strip()
+            if addr.startswith(("http://", "https://")):
+                raise ValueError(f"address {addr!r} is a dashboard (job submission) URL; cluster.address takes "
+                                 "the GCS address host:port (e.g. 127.0.0.1:6379), 'auto' or ray://host:10001")
+            host, sep, port = addr.removeprefix("ray://").rpartition(":")
+            if addr != "auto" and not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"address {addr!r} must be host:port (e.g. 127.0.0.1:6379), 'auto' or "
+                                 "ray://host:port")
+        return self
 
 
 class LoggingConfig(Section):

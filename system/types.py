@@ -50,6 +50,7 @@ class Rollout:
     unmask_step: torch.Tensor  # [L] long, global denoising step at which each token was revealed
     logprobs: torch.Tensor | None = None  # [L] float, log-prob at reveal under the sampling distribution
     entropies: torch.Tensor | None = None  # [L] float
+    completion_mask: torch.Tensor | None = None  # [L] bool: tokens the learner scores (False: EOS filled after a stop)
     completion_text: str = ""
     policy_version: int = 0
     reward: float = 0.0

@@ -1,0 +1,88 @@
+"""The rollout worker: a policy copy and a decoder; generates G completions per example and returns
+them as version-stamped `RolloutGroup`s with their trajectories. A plain class: the local mode calls
+it in-process, the Ray mode runs it as an actor.
+
+Weight updates are applied atomically between batches: ``set_weights`` and ``generate`` hold the same
+lock, so a batch is never sampled with half-updated weights, and every group carries the version
+that generated all of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from actors.decoding.reference import ReferenceDecoder
+from actors.generate import completion_text, stop_ids
+from actors.tasks.prompts import PromptStyle, prompt_ids
+from system.config import Config
+from system.models.build import build_policy
+from system.types import Example, Rollout, RolloutGroup, WeightVersion
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, worker_index: int = 0) -> None:
+        self.cfg = cfg
+        self.worker_index = worker_index
+        self.model, self.tokenizer = build_policy(cfg.model, cfg.seed)
+        self.model.eval().requires_grad_(False)
+        self.decoder = ReferenceDecoder(self.model, cfg.decoding)
+        self.generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + worker_index)
+        self.style = PromptStyle(boxed=cfg.data.prompt_boxed)
+        self.version = WeightVersion(0, "initial")
+        self._lock = threading.Lock()
+        self._stops = stop_ids(self.model)
+
+    def set_weights(self, state: dict[str, torch.Tensor], version: WeightVersion) -> int:
+        """Swap in new weights (all or nothing) and their version; returns the version now live."""
+        with self._lock:
+            if version.version < self.version.version:
+                raise ValueError(f"weights version {version.version} is older than the live {self.version.version}")
+            self.model.net.load_state_dict(state, strict=True)
+            self.version = version
+            return version.version
+
+    def get_version(self) -> int:
+        return self.version.version
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def generate(self, examples: list[Example], group_size: int | None = None) -> list[RolloutGroup]:
+        """G completions per example, decoded in batches of ``rollout.decode_batch_size`` rows."""
+        g = group_size or self.cfg.rollout.group_size
+        with self._lock:
+            version = self.version.version
+            rows = [(ex, prompt_ids(self.tokenizer, ex, self.style, self.cfg.data.max_prompt_length))
+                    for ex in examples for _ in range(g)]
+            rollouts: list[Rollout] = []
+            step = self.cfg.rollout.decode_batch_size
+            for lo in range(0, len(rows), step):
+                rollouts += self._decode(rows[lo:lo + step], version)
+        return [
+            RolloutGroup(group_id=f"{ex.task}:{ex.id}:v{version}:w{self.worker_index}", example=ex,
+                         rollouts=rollouts[i * g:(i + 1) * g], policy_version=version)
+            for i, ex in enumerate(examples)
+        ]
+
+    def _decode(self, rows: list[tuple[Example, list[int]]], version: int) -> list[Rollout]:
+        start = time.monotonic()
+        out = self.decoder.generate([ids for _, ids in rows], self.generator)
+        seconds = time.monotonic() - start
+        result = []
+        for i, (ex, ids) in enumerate(rows):
+            completion = out.completion_ids[i].cpu()
+            result.append(Rollout(
+                example_id=ex.id, prompt_ids=torch.tensor(ids, dtype=torch.long), completion_ids=completion,
+                unmask_step=out.unmask_step[i].cpu(), logprobs=out.logprobs[i].cpu(),
+                entropies=out.entropies[i].cpu(), completion_mask=~out.filled[i].cpu(),
+                completion_text=completion_text(self.tokenizer, completion.tolist(), self._stops),
+                policy_version=version,
+                decode_stats={"steps": float(out.steps_taken[i]), "seconds": seconds / len(rows),
+                              "length": float((~out.filled[i]).sum())},
+            ))
+        return result

@@ -1,0 +1,208 @@
+"""The learner: a DeepSpeed engine (ZeRO 0-3 from config; fp32 on CPU, bf16 on GPU) around the policy,
+turning scored rollout groups into ``mu`` policy updates.
+
+One ``train_on(groups)`` call, per rank (each rank gets its share of the step's groups; DeepSpeed
+averages gradients over ranks, so equal shares give the mean over all groups):
+
+1. rewards -> group-relative advantages (``learner.advantages``);
+2. for each inner update j and micro-batch m (whole groups), draw the estimator's randomness once and
+   score the *old* policy (and the reference, when the loss has a KL term) on it before any update:
+   the draws of new and old are the same draw for ``shared`` / ``complementary`` coupling and
+   separate draws for ``independent``; AGRPO's old log-probs come from generation time;
+3. each inner update: for every micro-batch, score the current policy on its draw (with gradients),
+   build the loss input, ``engine.backward``; DeepSpeed steps the optimizer (with gradient clipping)
+   once per inner update (gradient accumulation over the micro-batches).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from typing import Any
+
+import torch
+
+from learner.batch import MicroBatch, build_train_batch, loss_input, micro_batches
+from learner.diagnostics import SpikeDetector
+from learner.estimators import estimator_from_config
+from learner.losses import build_loss
+from system.config import Config
+from system.models.build import build_policy, save_policy
+from system.types import RolloutGroup
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(backend: str = "gloo") -> None:
+    """Join (or, alone, form) the torch.distributed group DeepSpeed runs on; env vars RANK /
+    WORLD_SIZE / MASTER_ADDR / MASTER_PORT come from the launcher (defaults: one local process)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def deepspeed_config(cfg: Config, micro_batches_per_update: int, world_size: int) -> dict[str, Any]:
+    lcfg = cfg.learner
+    groups_per_micro = max(1, lcfg.micro_batch_size // cfg.rollout.group_size)
+    micro = groups_per_micro * cfg.rollout.group_size
+    on_gpu = torch.device(cfg.model.device).type == "cuda"
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": micro_batches_per_update,
+        "train_batch_size": micro * micro_batches_per_update * world_size,
+        "gradient_clipping": lcfg.grad_clip,
+        "zero_optimization": {"stage": lcfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": on_gpu},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    """Owns the trainable policy; see the module docstring."""
+
+    def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None) -> None:
+        import deepspeed
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.device(cfg.model.device).type == "cuda" else "gloo"
+        init_distributed(backend)
+        self.cfg = cfg
+        self.rank = dist.get_rank() if rank is None else rank
+        self.world_size = dist.get_world_size() if world_size is None else world_size
+        model, self.tokenizer = build_policy(cfg.model, cfg.seed)
+        self.estimator = estimator_from_config(cfg.algorithm, cfg.decoding)
+        self.loss = build_loss(cfg.algorithm)
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if self.loss.uses_reference() else None
+        groups_per_step = -(-cfg.rollout.prompts_per_step // self.world_size)
+        self.groups_per_micro = max(1, cfg.learner.micro_batch_size // cfg.rollout.group_size)
+        self.micro_per_update = -(-groups_per_step // self.groups_per_micro)
+        lc = cfg.learner
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay)
+        warmup = max(1, lc.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, self.micro_per_update, self.world_size))
+        self.model = self.engine.module
+        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17 + self.rank)
+        self.spikes = SpikeDetector.from_config(cfg.algorithm)
+        self.updates = 0
+
+    # ------------------------------------------------------------------ training
+
+    def _prepare(self, mb: MicroBatch) -> list[dict[str, Any]]:
+        """Draws and old / reference estimates of every inner update, before any update."""
+        est, model = self.estimator, self.model
+        spec, batch = model.spec, mb.batch.to(model.device)
+        cached_old = getattr(est, "old_source", None) == "cached"
+        plans = []
+        with torch.no_grad():
+            for _ in range(self.cfg.learner.inner_updates):
+                draw = est.draw(spec, batch, self.generator)
+                old_draw = draw if est.coupling != "independent" else est.draw(spec, batch, self.generator)
+                old = None if cached_old else est.score(model, batch, old_draw)
+                ref = None if self.reference is None else est.score(self.reference, batch, draw)
+                plans.append({"batch": batch, "draw": draw, "old": old, "ref": ref})
+        return plans
+
+    def _micro_step(self, mb: MicroBatch, plan: dict[str, Any], total_groups: int) -> dict[str, float]:
+        new = self.estimator.score(self.model, plan["batch"], plan["draw"])
+        old = plan["old"] if plan["old"] is not None else self.estimator.cached_old(plan["batch"], new, plan["draw"])
+        out = self.loss(loss_input(self.loss, new, old, plan["ref"], mb.advantages, mb.group_ids))
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"non-finite policy loss {float(out.loss)} at update {self.updates}: "
+                                     f"diagnostics {out.diagnostics}")
+        # DeepSpeed divides by the accumulation steps; weight each micro-batch by its share of groups.
+        scale = self.micro_per_update * mb.num_groups / total_groups
+        self.engine.backward(out.loss * scale)
+        return out.diagnostics
+
+    def _grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:  # ZeRO stage 0 leaves the grads on the parameters
+            grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+            norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        return float(norm)
+
+    def _zero_backward(self) -> None:
+        """A micro-batch with no groups (all dropped): a zero loss keeps DeepSpeed's accumulation in step."""
+        self.engine.backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
+
+    def train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
+        """``mu`` policy updates on this rank's groups; returns the step's metrics."""
+        start = time.monotonic()
+        self.model.train()
+        tb = build_train_batch(groups, self.model.spec.pad_token_id, self.cfg.algorithm)
+        mbs = micro_batches(tb, self.groups_per_micro)
+        if len(mbs) > self.micro_per_update:
+            raise ValueError(f"{tb.num_groups} groups on rank {self.rank} exceed the configured "
+                             f"rollout.prompts_per_step / world size; the learner was built for fewer")
+        total_groups = max(1, sum(mb.num_groups for mb in mbs))
+        plans = [self._prepare(mb) for mb in mbs]
+        sums: dict[str, float] = {}
+        count, grad_norms, spikes = 0, [], 0
+        stage0 = self.engine.zero_optimization_stage() == 0
+        for j in range(self.cfg.learner.inner_updates):
+            norm = None
+            for i in range(self.micro_per_update):
+                if i < len(mbs):
+                    for key, value in self._micro_step(mbs[i], plans[i][j], total_groups).items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    count += 1
+                else:
+                    self._zero_backward()
+                if stage0 and i == self.micro_per_update - 1:
+                    norm = self._grad_norm()  # before the step clips them
+                self.engine.step()  # updates only at the accumulation boundary
+            grad_norm = norm if norm is not None else self._grad_norm()
+            grad_norms.append(grad_norm)
+            spikes += int(self.spikes.observe(grad_norm))
+            self.updates += 1
+        self.model.eval()
+        metrics = {f"loss/{k}": v / max(1, count) for k, v in sums.items()}
+        metrics.update({
+            "rollout/reward_mean": float(tb.rewards.mean()), "rollout/reward_std": float(tb.rewards.std(unbiased=False)),
+            "rollout/zero_std_group_fraction": tb.num_zero_variance / tb.num_groups,
+            "rollout/advantage_abs_mean": float(tb.advantages.abs().mean()),
+            "grad/pre_clip_norm": max(grad_norms), "grad/spikes": float(spikes),
+            "train/lr": float(self.scheduler.get_last_lr()[0]), "train/updates": float(self.updates),
+            "timing/learner": time.monotonic() - start,
+        })
+        return metrics
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full CPU weights of the policy network, gathered across ranks under ZeRO-3."""
+        if self.engine.zero_optimization_stage() == 3:
+            import deepspeed
+
+            params = list(self.model.net.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
+
+    def save_policy(self, path: str) -> str:
+        """Save the policy in HF format (rank 0 writes)."""
+        state = self.state_dict()
+        if self.rank == 0:
+            net = copy.deepcopy(self.model).cpu()
+            net.net.load_state_dict(state)
+            save_policy(net, self.tokenizer, path)
+        return path
