@@ -53,6 +53,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"output_dir={args.run_dir}")
+    cfg = load_config(args.config, overrides)
+    from system.driver import train
+
+    print(json.dumps(train(cfg)))
+    return 0
+
+
 def cmd_model_inspect(args: argparse.Namespace) -> int:
     from system.models import load_model
 
@@ -104,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="masked-diffusion supervised fine-tuning")
     _config_args(p, required=True)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train", help="RL training (local or Ray mode, from cluster.mode)")
+    _config_args(p, required=True)
+    p.add_argument("--run-dir", default=None, help="run directory (default: output_dir of the config)")
+    p.set_defaults(func=cmd_train)
+
+    from actors.tasks.cli import add_data_parser
+
+    add_data_parser(sub)
 
     p = sub.add_parser("sample", help="decode completions from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
