@@ -33,6 +33,9 @@ set of positions revealed at each step is itself chosen by theta (through the co
 choice is not in the product, so F_i is the likelihood of the tokens given the recorded order only.
 Classifier-free guidance is not supported (the decoder's guided distribution would need the
 unconditional pass too).
+
+Extras: ``step_weight [B, L]``, ``num_active_steps [B]`` (m_i), ``sampled_steps [B, k]``,
+``num_passes [B]`` (k; cached old log-probs cost none), ``filtered_out [B]``.
 """
 
 from __future__ import annotations
@@ -183,11 +186,11 @@ class AgrpoEstimator(LikelihoodEstimator):
         unmask_step = batch.unmask_step.to(device).repeat_interleave(k, 0)
         steps = draw.steps.to(device).reshape(-1)
         state = rebuild_state(completion, unmask_step, steps, model.mask_token_id)
+        hits = (unmask_step == steps[:, None]) & batch.completion_mask.to(device).repeat_interleave(k, 0)
         logp = score_rows(
             model, batch.prompt_mask.repeat_interleave(k, 0), batch.prompt_ids.repeat_interleave(k, 0), state,
-            completion, self.chunk_rows, to_logp=self.sampling_logprobs,
+            completion, hits, self.chunk_rows, to_logp=self.sampling_logprobs,
         )
-        hits = (unmask_step == steps[:, None]) & batch.completion_mask.to(device).repeat_interleave(k, 0)
         filtered_out = (hits & (logp < LOGP_FLOOR)).view(bsz, k, glen).sum((1, 2))
         logp = torch.where(hits, logp.clamp_min(LOGP_FLOOR), torch.zeros_like(logp)).view(bsz, k, glen)
         hits = hits.view(bsz, k, glen)

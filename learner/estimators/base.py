@@ -198,7 +198,7 @@ class LikelihoodEstimator(ABC):
 
 
 def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """``log softmax(logits)[target]`` in float32: ``[N, L, V], [N, L] -> [N, L]``."""
+    """``log softmax(logits)[target]`` in float32: ``[..., V], [...] -> [...]``."""
     logits = logits.float()
     picked = logits.gather(-1, targets[..., None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
@@ -210,26 +210,30 @@ def score_rows(
     noisy_prompt: Tensor,
     noisy_completion: Tensor,
     targets: Tensor,
+    select: Tensor,
     chunk_rows: int | None = None,
     to_logp: Callable[[Tensor, Tensor], Tensor] = token_logprobs,
 ) -> Tensor:
-    """Per-token log-probs of ``targets`` at every completion position of N noisy rows.
+    """Log-probs of ``targets`` at the selected completion positions of N noisy rows.
+
+    Only the selected positions go through the (float32 / float64) log-softmax, so its cost and memory
+    scale with the scored tokens, not with N * L * V.
 
     Args:
         prompt_mask: ``[N, P]`` padding mask (1 = real) of the (left-padded) prompts.
         noisy_prompt / noisy_completion: ``[N, P]`` / ``[N, L]`` model input (mask id where masked).
         targets: ``[N, L]`` clean completion tokens.
+        select: ``[N, L]`` bool, the positions to score.
         chunk_rows: most rows per forward pass (None: one pass).
-        to_logp: ``(logits [n, L, V], targets [n, L]) -> [n, L]``.
+        to_logp: ``(logits [n, V], targets [n]) -> [n]``.
     Returns:
-        ``[N, L]`` float32 log-probs (all positions; callers weight them).
+        ``[N, L]`` float32 log-probs at the selected positions, 0 elsewhere.
     Raises:
-        ValueError: when the model returns non-finite logits (model output is untrusted).
+        ValueError: when the model returns non-finite logits there (model output is untrusted).
     """
     device = model.device
-    rows = noisy_prompt.shape[0]
+    rows, plen = noisy_prompt.shape
     step = rows if chunk_rows is None else chunk_rows
-    plen = noisy_prompt.shape[1]
     out = []
     for lo in range(0, rows, max(step, 1)):
         hi = min(rows, lo + step)
@@ -237,30 +241,33 @@ def score_rows(
         x = torch.cat([noisy_prompt[lo:hi].to(device), noisy_completion[lo:hi].to(device)], dim=1)
         attn = torch.cat([pad, torch.ones_like(x[:, plen:])], dim=1)
         logits = model(x, attention_mask=attn, position_ids=positions_from_padding(attn))[:, plen:]
-        if not bool(torch.isfinite(logits).all()):
-            bad = (~torch.isfinite(logits)).flatten(1).any(-1).nonzero().flatten() + lo
+        where = select[lo:hi].to(device).nonzero(as_tuple=True)
+        picked = logits[where]
+        finite = torch.isfinite(picked).all(-1)
+        if not bool(finite.all()):
+            bad = sorted({int(r) + lo for r in where[0][~finite].tolist()})
             raise ValueError(
-                f"model {model.spec.arch} returned non-finite logits on estimator rows {bad.tolist()[:8]}; "
+                f"model {model.spec.arch} returned non-finite logits on estimator rows {bad[:8]}; "
                 "check the weights (a diverged update?) and the dtype"
             )
-        out.append(to_logp(logits, targets[lo:hi].to(device)))
+        values = to_logp(picked, targets[lo:hi].to(device)[where]).float()
+        out.append(torch.zeros(hi - lo, logits.shape[1], device=device).index_put(where, values))
     return torch.cat(out, dim=0)
 
 
 def score_mask_draw(
     model: DiffusionModel, batch: EstimatorBatch, draw: MaskDraw, chunk_rows: int | None
 ) -> tuple[Tensor, LikelihoodEstimate]:
-    """Score a `MaskDraw`: returns the per-row log-probs ``[N, L]`` (masked by ``draw.scored``, 0
+    """Score a `MaskDraw`: returns the per-row log-probs ``[N, L]`` (at ``draw.scored``, 0
     elsewhere) and the estimate ``token_logp[b] = sum_s weight[s, b] * logp[s, b]``."""
     s = draw.num_samples
     bsz, glen = batch.completion_ids.shape
     device = model.device
     targets = batch.completion_ids.to(device).repeat(s, 1)
-    logp = score_rows(
-        model, batch.prompt_mask.repeat(s, 1), draw.noisy_prompt, draw.noisy_completion, targets, chunk_rows
-    )
     scored = draw.scored.to(device)
-    logp = torch.where(scored, logp, torch.zeros_like(logp))
+    logp = score_rows(
+        model, batch.prompt_mask.repeat(s, 1), draw.noisy_prompt, draw.noisy_completion, targets, scored, chunk_rows
+    )
     token_logp = (draw.weight.to(device) * logp).view(s, bsz, glen).sum(0)
     times = scored.view(s, bsz, glen).sum(0)
     est = LikelihoodEstimate(

@@ -8,15 +8,19 @@ masked tokens are scored by one forward pass. The per-sample value is
 - ``one_over_t``: (1/t) sum_{j masked} log p(o_j | x_t, q). Its expectation over t and the mask is
   the masked-diffusion ELBO, a lower bound on log pi(o | q) (LLaDA eq. 3 without the 1/L that only
   scales the training loss);
-- ``mean``: the mean of log p(o_j | x_t, q) over the masked tokens (0 when none is masked): the
-  length-normalised estimate the StableDRL code uses; it is not a bound.
+- ``mean``: the mean of log p(o_j | x_t, q) over the masked tokens: the length-normalised estimate
+  the StableDRL code uses; it is not a bound.
 
-The estimate is the average over the K samples. ``complementary`` scores each draw with its mask m and
+The estimate is the average over the K samples (for ``mean``, over the samples that mask at least one
+token: a sample that masks nothing has no mean; the sequence value is 0 only if every sample is empty). ``complementary`` scores each draw with its mask m and
 with the complement (the scored tokens m leaves clean), weights 1/t and 1/(1 - t) (the complement is a
 draw at noise level 1 - t), and averages the two halves: every scored token is scored exactly once per
 pair, K pairs cost 2K forward passes, and the pairs are shared by the new and old estimates.
 
 Unscored tokens (``completion_mask`` False) are masked in every sample and never scored.
+
+Extras: ``times_scored [B, L]`` (samples that scored each token), ``num_passes [B]`` (forward passes
+per sequence: K, or 2K for complementary pairs).
 """
 
 from __future__ import annotations
@@ -52,15 +56,23 @@ def noise_levels(num_samples: int, bsz: int, generator: torch.Generator, device:
 
 
 def elbo_weights(masked: Tensor, prob: Tensor, weighting: str) -> Tensor:
-    """Per-token weights ``[S, B, L]`` of S draws (averaged, hence the 1/S) from their masks
-    ``[S, B, L]`` and masking probabilities ``prob [S, B]``: ``masked / prob / S`` (one_over_t) or
-    ``masked / #masked / S`` (mean)."""
+    """Per-token weights ``[S, B, L]`` of S draws from their masks ``[S, B, L]`` and masking
+    probabilities ``prob [S, B]``:
+
+    - one_over_t: ``masked / prob / S`` (the average of the S unbiased bound estimates; a draw that
+      masks nothing counts as 0, which keeps it unbiased);
+    - mean: ``masked / #masked / S'`` with S' the draws of that row that mask at least one token: the
+      average of the per-draw means over the draws that have one (an empty draw would otherwise count
+      as log-prob 0, a large outlier of the ratio).
+    """
     num = masked.shape[0]
     if weighting == "one_over_t":
-        per_row = 1.0 / prob.clamp_min(1e-300)
+        per_row = 1.0 / prob.clamp_min(1e-300) / num
     else:
-        per_row = 1.0 / masked.sum(-1).clamp_min(1).double()
-    return torch.where(masked, per_row[..., None] / num, torch.zeros((), dtype=torch.float64, device=masked.device))
+        count = masked.sum(-1)
+        nonempty = (count > 0).sum(0, keepdim=True).clamp_min(1)
+        per_row = 1.0 / (count.clamp_min(1) * nonempty).double()
+    return torch.where(masked, per_row[..., None], torch.zeros((), dtype=torch.float64, device=masked.device))
 
 
 class ElboEstimator(LikelihoodEstimator):

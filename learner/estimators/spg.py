@@ -26,6 +26,9 @@ uses the ELBO and the importance weight always uses the ELBO.
 Departures from the SPG code: blocks are drawn independently per sample (the code takes the first K of
 a permutation of the blocks, modulo the number of non-padding blocks); ``completion_mask`` may be any
 mask, not only a prefix; the randomness comes from a generator, not a global seed.
+
+Extras: ``eubo [B]``, ``negative_surrogate [B]`` (both differentiable), ``times_scored [B, L]``,
+``num_passes [B]`` (K).
 """
 
 from __future__ import annotations

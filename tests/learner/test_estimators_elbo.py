@@ -49,28 +49,39 @@ def toy_batch(rows: int) -> EstimatorBatch:
     )
 
 
-def exact_elbo(model: DiffusionModel, weighting: str) -> float:
+def masked_logp_sum(model: DiffusionModel, pattern: tuple[bool, ...]) -> float:
+    """S(m) = sum_{j in m} log p(o_j | x_m), x_m = the target with the tokens of m masked."""
+    x = torch.tensor([[1] + [MASK if m else o for m, o in zip(pattern, TARGET)]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x)[0, 1:].double(), -1)
+    return sum(float(logp[j, TARGET[j]]) for j in range(3) if pattern[j])
+
+
+def exact_elbo(model: DiffusionModel, weighting: str, complementary: bool = False) -> float:
     """Brute-force expectation over t ~ U(0, 1] and the 2^3 masks.
 
-    A mask m with |m| = a masked tokens has probability t^a (1 - t)^(3 - a) given t. With the scored
-    sum S(m) = sum_{j in m} log p(o_j | x_m):
+    A mask m with |m| = a masked tokens has probability t^a (1 - t)^(3 - a) given t. With S(m) from
+    `masked_logp_sum`:
       one_over_t: E = sum_m S(m) * int_0^1 t^(a-1) (1-t)^(3-a) dt = sum_m S(m) * B(a, 4 - a),
-                  B(1,3) = 0!2!/3! = 1/3, B(2,2) = 1!1!/3! = 1/6, B(3,1) = 2!0!/3! = 1/3;
-      mean:       E = sum_{m != {}} (S(m) / a) * int_0^1 t^a (1-t)^(3-a) dt = sum (S(m) / a) * B(a+1, 4-a),
-                  B(2,3) = 1!2!/4! = 1/12, B(3,2) = 2!1!/4! = 1/12, B(4,1) = 3!0!/4! = 1/4
-                  (and the empty mask, probability B(1,4) = 1/4, contributes 0).
+                  B(1,3) = 0!2!/3! = 1/3, B(2,2) = 1!1!/3! = 1/6, B(3,1) = 2!0!/3! = 1/3
+                  (the complement half of a pair is a draw at level 1 - t ~ U[0, 1): same expectation);
+      mean:       E = sum_m v(m) * int_0^1 t^a (1-t)^(3-a) dt = sum_m v(m) * B(a+1, 4-a),
+                  B(1,4) = 0!3!/4! = 1/4, B(2,3) = 1!2!/4! = 1/12, B(3,2) = 2!1!/4! = 1/12,
+                  B(4,1) = 3!0!/4! = 1/4, with v(m) = S(m) / a (0 for the empty mask); for a
+                  complementary pair v(m) is the average of S / size over the non-empty halves of
+                  (m, complement of m), e.g. v({}) = S(all) / 3.
     """
-    beta = {"one_over_t": {1: 1 / 3, 2: 1 / 6, 3: 1 / 3}, "mean": {1: 1 / 12, 2: 1 / 12, 3: 1 / 4}}[weighting]
+    beta = {"one_over_t": {0: 0.0, 1: 1 / 3, 2: 1 / 6, 3: 1 / 3},
+            "mean": {0: 1 / 4, 1: 1 / 12, 2: 1 / 12, 3: 1 / 4}}[weighting]
     total = 0.0
     for pattern in itertools.product([False, True], repeat=3):
         a = sum(pattern)
-        if a == 0:
+        if weighting == "one_over_t":
+            total += beta[a] * (masked_logp_sum(model, pattern) if a else 0.0)
             continue
-        x = torch.tensor([[1] + [MASK if m else o for m, o in zip(pattern, TARGET)]])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(x)[0, 1:].double(), -1)
-        s = sum(float(logp[j, TARGET[j]]) for j in range(3) if pattern[j])
-        total += beta[a] * (s if weighting == "one_over_t" else s / a)
+        halves = [pattern, tuple(not m for m in pattern)] if complementary else [pattern]
+        means = [masked_logp_sum(model, h) / sum(h) for h in halves if any(h)]
+        total += beta[a] * (sum(means) / len(means) if means else 0.0)
     return total
 
 
@@ -92,7 +103,7 @@ def test_elbo_expectation_matches_brute_force_enumeration(options: dict) -> None
     with torch.no_grad():
         values = est.estimate(model, toy_batch(rows), torch.Generator().manual_seed(1)).seq_logp.double()
     mean, se = float(values.mean()), float(values.std() / math.sqrt(rows))
-    exact = exact_elbo(model, options["weighting"])
+    exact = exact_elbo(model, options["weighting"], options.get("coupling") == "complementary")
     assert abs(mean - exact) < 4 * se, f"MC mean {mean:.4f} vs exact {exact:.4f} (se {se:.4f})"
     # The test has power: the other weighting's expectation is many standard errors away.
     other = exact_elbo(model, "mean" if options["weighting"] == "one_over_t" else "one_over_t")
@@ -109,6 +120,9 @@ def test_elbo_weights_by_hand() -> None:
     # mean: 1/#masked / S -> 1/2/2 = 0.25 on draw 0, 1/1/2 = 0.5 on draw 1.
     w = elbo_weights(masked, prob, "mean")
     assert w.tolist() == [[[0.25, 0.25, 0.0, 0.0]], [[0.0, 0.0, 0.0, 0.5]]]
+    # mean, when draw 1 masks nothing: the mean is over the non-empty draw 0 alone -> 1/2/1 = 0.5.
+    w = elbo_weights(torch.tensor([[[True, True, False, False]], [[False] * 4]]), prob, "mean")
+    assert w.tolist() == [[[0.5, 0.5, 0.0, 0.0]], [[0.0] * 4]]
     # An empty complement (t = 1, so 1 - t = 0) gets weight 0, not inf or NaN.
     w = elbo_weights(torch.zeros(1, 1, 3, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.float64), "one_over_t")
     assert w.tolist() == [[[0.0, 0.0, 0.0]]]
