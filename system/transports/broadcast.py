@@ -85,7 +85,6 @@ def init_weight_group(init_method: str, rank: int, world_size: int, device: str 
         if backend == "gloo":
             group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
         else:
-            torch.cuda.set_device(torch.cuda.current_device())
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
             group = dist.ProcessGroupNCCL(prefixed, rank, world_size, options)

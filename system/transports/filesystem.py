@@ -53,7 +53,7 @@ class FilesystemTransport(WeightTransport):
     name = "filesystem"
 
     def __init__(self, directory: str | os.PathLike, keep_last: int = 2, timeout_s: float = 300.0,
-                 verify: bool = True, fsync: bool = True, poll_s: float = 0.05) -> None:
+                 verify: bool = True, fsync: bool = True, poll_s: float = 0.02) -> None:
         if keep_last < 1:
             raise ValueError(f"filesystem transport: keep_last must be >= 1, got {keep_last}")
         self.directory = Path(directory)
@@ -130,20 +130,20 @@ class FilesystemTransport(WeightTransport):
         self, timeout_s: float | None = None, min_version: int | None = None
     ) -> tuple[dict[str, torch.Tensor], WeightVersion]:
         deadline = Deadline(resolve_timeout(timeout_s, self.timeout_s, self.name))
-        wanted, seen = min_version or 0, None
+        wanted, seen, missing = min_version or 0, "none", ""
         while True:
             pointer = self._read_pointer()
-            seen = pointer["version"] if pointer else None
+            seen = pointer["version"] if pointer else "none"
             if pointer is not None and pointer["version"] >= wanted:
                 try:
                     return self._load(pointer)
-                except FileNotFoundError:
-                    pass  # pruned between reading the pointer and opening the file: read the pointer again
+                except FileNotFoundError:  # pruned between reading the pointer and opening the file: retry
+                    missing = f"; {POINTER} names {pointer['file']}, which does not exist"
             if deadline.expired():
                 raise WeightSyncTimeout(
                     f"filesystem transport: no weights with version >= {wanted} in {self.directory} within "
-                    f"{deadline.seconds:g} s (timeout_s; latest: {seen if seen is not None else 'none'}); "
-                    "is the learner publishing to this directory, and is it mounted on this node?"
+                    f"{deadline.seconds:g} s (timeout_s; latest: {seen}{missing}); is the learner publishing "
+                    "to this directory, and is it mounted on this node?"
                 )
             time.sleep(min(self.poll_s, deadline.remaining()))
 

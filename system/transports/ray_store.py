@@ -2,7 +2,8 @@
 
 A small named async actor (the *registry*, 0 CPUs) holds the latest ``(version, checksum, ObjectRef)``;
 any process in the cluster finds it by name, so the transport object pickles to Ray actors as just the
-registry's name, namespace and handle. The object is owned by the publishing process (Ray 2.56 removed
+registry's name, namespace and handle; only the process that built the transport kills the registry on
+``close()``, so an actor closing its copy leaves the others working. The object is owned by the publishing process (Ray 2.56 removed
 ``ray.put(_owner=...)``): it is freed once the registry has moved on to a newer version and the last
 receiver has dropped its borrow, and it is lost if the publisher dies (receivers then get a
 WeightSyncError saying so; the learner's death stops the run anyway).
@@ -96,6 +97,7 @@ class RayObjectStoreTransport(WeightTransport):
         if detached:
             options["lifetime"] = "detached"
         self._registry = _registry_class().options(**options).remote()
+        self._owns_registry = True  # this process built it; unpickled copies (in actors) do not own it
         self._last_published: int | None = None
 
     def publish(self, state: Mapping[str, torch.Tensor], version: int) -> WeightVersion:
@@ -131,10 +133,13 @@ class RayObjectStoreTransport(WeightTransport):
         return state, expected
 
     def close(self) -> None:
-        """Kill the registry (call it once, on the side that owns the run, e.g. the driver)."""
-        if getattr(self, "_registry", None) is not None and ray.is_initialized():
+        """Drop this side's handle; the process that built the transport also kills the registry."""
+        if self._registry is not None and self._owns_registry and ray.is_initialized():
             ray.kill(self._registry)
         self._registry = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_owns_registry": False, "_last_published": None}
 
     def _live(self) -> Any:
         if self._registry is None:

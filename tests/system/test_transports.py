@@ -258,6 +258,9 @@ def test_filesystem_corrupted_or_truncated_file_raises(tmp_path: Path) -> None:
     path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(WeightSyncError, match=r"cannot read .*weights-v0000000001.safetensors"):
         transport.receive(timeout_s=1.0)
+    path.unlink()  # deleted behind the publisher's back: the reader retries, then says what is wrong
+    with pytest.raises(WeightSyncTimeout, match=r"LATEST names weights-v0000000001.safetensors, which does not"):
+        transport.receive(timeout_s=0.2)
 
 
 def test_filesystem_timeout_and_tied_weights(tmp_path: Path) -> None:
@@ -390,6 +393,9 @@ class RayReceiver:
     def receive(self, min_version: int | None, timeout_s: float):  # type: ignore[no-untyped-def]
         return self.transport.receive(timeout_s=timeout_s, min_version=min_version)
 
+    def close(self) -> None:
+        self.transport.close()
+
 
 @pytest.mark.timeout(240)
 def test_ray_two_actor_receivers_get_the_latest_version(ray_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -406,6 +412,7 @@ def test_ray_two_actor_receivers_get_the_latest_version(ray_cluster) -> None:  #
     for state, version in ray.get(waiting, timeout=180):
         assert version == published
         assert_identical(state, expected)
+    ray.get(actors[1].close.remote(), timeout=60)  # an actor closing its copy leaves the registry alive
     state, version = ray.get(actors[0].receive.remote(None, 60.0), timeout=120)  # no minimum: the latest
     assert version == published
     assert_identical(state, expected)
