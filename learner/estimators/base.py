@@ -110,7 +110,10 @@ class LikelihoodEstimate:
 
     ``seq_logp`` is the per-sequence value a ratio uses: ``ratio = exp(new.seq_logp - old.seq_logp)``.
     ``token_logp`` holds per-token terms (0 where not scored); for the mask-based estimators
-    ``seq_logp = token_logp.sum(-1)``; AGRPO documents its own relation.
+    ``seq_logp = token_logp.sum(-1)``: the terms are log-probs times the estimator's weights (1 for
+    mean-field, 1/(t K) or 1/(#masked K) for the ELBO), so a per-token log-probability for a token-level
+    ratio is ``extras["token_mean_logp"]`` (the mean log-prob over the samples that scored the token).
+    AGRPO's ``token_logp`` are plain log-probs; its module documents the relation to ``seq_logp``.
     """
 
     token_logp: Tensor  # [B, L], carries grad
@@ -270,9 +273,11 @@ def score_mask_draw(
     )
     token_logp = (draw.weight.to(device) * logp).view(s, bsz, glen).sum(0)
     times = scored.view(s, bsz, glen).sum(0)
+    token_mean_logp = logp.view(s, bsz, glen).sum(0) / times.clamp_min(1)
     est = LikelihoodEstimate(
         token_logp=token_logp, token_mask=times > 0, seq_logp=token_logp.sum(-1),
-        extras={"times_scored": times, "num_passes": torch.full((bsz,), float(s), device=device)},
+        extras={"times_scored": times, "token_mean_logp": token_mean_logp,
+                "num_passes": torch.full((bsz,), float(s), device=device)},
     )
     return logp, est
 

@@ -19,7 +19,8 @@ pair, K pairs cost 2K forward passes, and the pairs are shared by the new and ol
 
 Unscored tokens (``completion_mask`` False) are masked in every sample and never scored.
 
-Extras: ``times_scored [B, L]`` (samples that scored each token), ``num_passes [B]`` (forward passes
+Extras: ``times_scored [B, L]`` (samples that scored each token), ``token_mean_logp [B, L]`` (mean
+log-prob of each token over those samples), ``num_passes [B]`` (forward passes
 per sequence: K, or 2K for complementary pairs).
 """
 

@@ -10,7 +10,7 @@ pass the same generator on, or call `estimate_models([new, old, ref], ...)` for 
 Departure from d1's code: d1 seeds the global RNG (``set_seed``) to repeat the mask; here the draw is
 made once from the explicit generator and reused.
 
-Extras: ``times_scored [B, L]``, ``num_passes [B]`` (1).
+Extras: ``times_scored [B, L]``, ``token_mean_logp [B, L]`` (= ``token_logp`` here), ``num_passes [B]`` (1).
 """
 
 from __future__ import annotations

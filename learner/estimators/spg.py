@@ -28,7 +28,7 @@ a permutation of the blocks, modulo the number of non-padding blocks); ``complet
 mask, not only a prefix; the randomness comes from a generator, not a global seed.
 
 Extras: ``eubo [B]``, ``negative_surrogate [B]`` (both differentiable), ``times_scored [B, L]``,
-``num_passes [B]`` (K).
+``token_mean_logp [B, L]``, ``num_passes [B]`` (K).
 """
 
 from __future__ import annotations

@@ -162,10 +162,12 @@ def test_complementary_pairs_score_every_token_exactly_once_per_pair() -> None:
     assert bool((draw.noisy_completion.view(6, 2, 6)[:, 1, 4:] == model.mask_token_id).all())
 
 
-def naive_estimate(model: DiffusionModel, batch: EstimatorBatch, draw) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Per row b and sample s, one forward of that single row; sum weight * log p by Python loops."""
+def naive_estimate(model: DiffusionModel, batch: EstimatorBatch, draw) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Per row b and sample s, one forward of that single row; sum weight * log p by Python loops.
+    Returns the sequence estimates [B] and the per-token mean log-probs over the samples [B, L]."""
     bsz, glen = batch.completion_ids.shape
     out = torch.zeros(bsz, dtype=torch.float64)
+    token_sum, token_count = torch.zeros(bsz, glen, dtype=torch.float64), torch.zeros(bsz, glen)
     for s in range(draw.num_samples):
         for b in range(bsz):
             n = s * bsz + b
@@ -177,7 +179,9 @@ def naive_estimate(model: DiffusionModel, batch: EstimatorBatch, draw) -> torch.
             for j in range(glen):
                 if draw.scored[n, j]:
                     out[b] += float(draw.weight[n, j]) * float(logp[j, batch.completion_ids[b, j]])
-    return out
+                    token_sum[b, j] += float(logp[j, batch.completion_ids[b, j]])
+                    token_count[b, j] += 1
+    return out, token_sum / token_count.clamp_min(1)
 
 
 @pytest.mark.parametrize(
@@ -191,8 +195,10 @@ def test_vectorised_scoring_equals_a_naive_per_row_loop(name: str, options: dict
     est = get_estimator(name, **options)
     draw = est.draw(model.spec, batch, torch.Generator().manual_seed(5))
     with torch.no_grad():
-        fast = est.score(model, batch, draw).seq_logp.double()
-    torch.testing.assert_close(fast, naive_estimate(model, batch, draw), atol=1e-4, rtol=1e-5)
+        fast = est.score(model, batch, draw)
+    naive_seq, naive_token_mean = naive_estimate(model, batch, draw)
+    torch.testing.assert_close(fast.seq_logp.double(), naive_seq, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.extras["token_mean_logp"].double(), naive_token_mean, atol=1e-5, rtol=1e-5)
 
 
 def test_mean_field_masks_the_whole_completion_and_real_prompt_tokens_only() -> None:
