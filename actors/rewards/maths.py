@@ -33,6 +33,7 @@ from actors.rewards.hendrycks import is_equiv, last_boxed_only, remove_boxed
 from system.types import Example, RewardResult
 
 MAX_ANSWER_CHARS = 1000
+MAX_NESTING = 6  # math-verify's time grows fast with bracket depth: 2 s at depth 8, 18 s at 30
 
 
 class _TimeoutsAreOurs(logging.Filter):
@@ -49,6 +50,18 @@ _NUMBER_WITH_WORDS = re.compile(
     r"\s*(?:[A-Za-z][A-Za-z ,]{0,40}?(?:=|:|\bis)\s*)?(?:\\?\$\s*)?"
     r"(?P<number>-?\d[\d,]*(?:\.\d+)?)\s*(?:[A-Za-z][A-Za-z ]{0,40})?\.?\s*"
 )
+
+
+def nesting_depth(text: str) -> int:
+    """Deepest nesting of ( [ { brackets (unbalanced closers ignored)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}" and depth:
+            depth -= 1
+    return deepest
 
 
 def _verify_text(span: str) -> str:
@@ -85,6 +98,8 @@ def math_default(example: Example, completion: str, ctx: RewardContext) -> Rewar
         return ctx.blend(0.0, fmt, {}, f"no answer: {source}", False)
     if len(span) > MAX_ANSWER_CHARS:
         return ctx.blend(0.0, fmt, {}, f"answer longer than {MAX_ANSWER_CHARS} characters", False)
+    if nesting_depth(span) > MAX_NESTING:
+        return ctx.blend(0.0, fmt, {}, f"answer brackets nested deeper than {MAX_NESTING}", False)
     ok, why = math_verify_equal(gold, span)
     return ctx.blend(float(ok), fmt, {}, f"answer {span[:80]!r} (from {source}) {why}", ok)
 
