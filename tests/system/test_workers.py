@@ -1,0 +1,236 @@
+"""Worker groups: the same plain classes in-process and as Ray actors (one real local Ray cluster on
+127.0.0.1 for the module), re-issue after kill -9, learner ranks in one gloo group, and the fast,
+clear failures: resources the cluster lacks, NCCL without GPUs, an unreachable address."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workers_fixture import Counter, Rank  # this directory: Ray workers get it on their PYTHONPATH
+
+from system import ray_cluster
+from system.config import ClusterConfig, ConfigError, build_config
+from system.workers import (
+    LocalWorkerGroup,
+    ResourceError,
+    WorkerCallError,
+    WorkerDiedError,
+    WorkerGroup,
+    WorkerStartError,
+    make_worker_group,
+    wait,
+)
+from system.workers.base import free_port
+
+HERE = Path(__file__).resolve().parent
+LOCAL = ClusterConfig(mode="local")
+
+
+@pytest.fixture(scope="module")
+def ray_cfg() -> Iterator[ClusterConfig]:
+    """A fresh local Ray cluster of 4 logical CPUs on 127.0.0.1 (token auth, Ray's default)."""
+    cfg = ClusterConfig(mode="ray", num_cpus=4, object_store_mb=128, namespace="test-workers",
+                        startup_timeout_s=120.0)  # a regression fails in 2 minutes instead of hanging
+    ray_cluster.connect(cfg, extra_pythonpath=[HERE], log_to_driver=False)
+    try:
+        yield cfg
+    finally:
+        ray_cluster.shutdown()
+
+
+def _groups(kind: str, cfg: ClusterConfig, **kwargs) -> WorkerGroup:  # type: ignore[no-untyped-def]
+    return make_worker_group("rollout", Counter, 2, cfg if kind == "ray" else LOCAL, 1, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- same results
+
+
+def _exercise(group: WorkerGroup) -> list:
+    return [
+        group.call("add", 3),        # each worker: 1 + 3 * 2 = 7
+        group.call_one(1, "add", 1),  # worker 1: 7 + 1 * 2 = 9
+        group.call("add", 0),        # [7, 9]: the state stayed per worker
+        group.map("square", list(range(7))),  # x * x * 2
+        group.call_async(0, "add", 5).result(timeout=60),  # 7 + 10 = 17
+        group.map("square", []),
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_local_and_ray_groups_give_the_same_results(ray_cfg: ClusterConfig) -> None:
+    expected = [[7, 7], 9, [7, 9], [0, 2, 8, 18, 32, 50, 72], 17, []]
+    with _groups("local", ray_cfg, scale=2) as local, _groups("ray", ray_cfg, scale=2) as remote:
+        assert isinstance(local, LocalWorkerGroup) and type(remote).__name__ == "RayWorkerGroup"
+        assert _exercise(local) == expected
+        assert _exercise(remote) == expected
+        assert local.restarts() == remote.restarts() == 0
+    # per-worker constructor keywords, and map's round-robin: item i runs on worker i % 2
+    # scales (1, 3): item 0 -> 1*1*1 = 1, item 1 -> 2*2*3 = 12, item 2 -> 3*3*1 = 9, item 3 -> 4*4*3 = 48
+    for kind in ("local", "ray"):
+        with _groups(kind, ray_cfg, per_worker_kwargs=[{"scale": 1}, {"scale": 3}]) as group:
+            assert group.map("square", [1, 2, 3, 4]) == [1, 12, 9, 48]
+            # submit: one item on any worker, round-robin: 2*2*1 = 4 (worker 0), 2*2*3 = 12 (worker 1), 4 again
+            assert [group.submit("square", 2).result(timeout=60) for _ in range(3)] == [4, 12, 4]
+
+
+@pytest.mark.timeout(300)
+def test_errors_name_the_worker_and_the_item(ray_cfg: ClusterConfig) -> None:
+    for kind in ("local", "ray"):
+        with _groups(kind, ray_cfg) as group:
+            with pytest.raises(WorkerCallError, match=r"rollout\[1\]\.check_positive \(item 1\) raised ValueError") as info:
+                group.map("check_positive", [1, -2, 3])
+            assert isinstance(info.value.cause, ValueError) and "negative input -2" in str(info.value.cause)
+            with pytest.raises(AttributeError, match="have no public method 'sqaure'; methods: add, check_positive"):
+                group.map("sqaure", [1])
+            assert group.map("check_positive", [4, 5, 6]) == [4, 5, 6]  # the workers are still fine
+        with pytest.raises(WorkerStartError, match=r"rollout\[0\]: Counter\(\.\.\.\) failed to start: "
+                                                      r"ValueError: refusing to start with start=1"):
+            _groups(kind, ray_cfg, fail_on_start=True)
+
+
+@pytest.mark.timeout(300)
+def test_call_async_streams_whichever_finishes_first(ray_cfg: ClusterConfig) -> None:
+    with _groups("ray", ray_cfg) as group:
+        slow = group.call_async(0, "slow_square", 3, 2.0)
+        fast = group.call_async(1, "slow_square", 2, 0.0)
+        done, pending = wait([slow, fast], timeout=60)
+        assert done == [fast] and pending == [slow] and not slow.done()
+        with pytest.raises(TimeoutError, match=r"rollout\[0\]\.slow_square did not finish within 0.01 s"):
+            slow.result(timeout=0.01)
+        assert fast.result()[0] == 4 and slow.result(timeout=60)[0] == 9
+    with _groups("local", ray_cfg) as group:  # a local call has run by the time call_async returns
+        future = group.call_async(0, "slow_square", 5, 0.0)
+        assert future.done() and future.result()[0] == 25
+
+
+# ------------------------------------------------------------------------------------- kill -9
+
+
+def _kill_mid_map(group: WorkerGroup, victim_pid: int, items: int) -> list:
+    # worker 0 has items 0, 2, 4, ... : items / 2 * 0.3 s >= 1.8 s of work, so a kill at 1 s lands mid-map
+    timer = threading.Timer(1.0, os.kill, (victim_pid, signal.SIGKILL))
+    timer.start()
+    try:
+        return group.map("slow_square", list(range(items)), delay_s=0.3)
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_mid_map_reissues_on_the_restarted_worker(ray_cfg: ClusterConfig) -> None:
+    with _groups("ray", ray_cfg) as group:
+        old = group.call("pid")
+        assert group.call("add", 5) == [6, 6]  # 1 + 5 on each worker
+        results = _kill_mid_map(group, old[0], 12)
+        assert [value for value, _ in results] == [x * x for x in range(12)]  # every item once, in order
+        new = group.call("pid")
+        assert new[0] != old[0] and new[1] == old[1] and group.restarts() == 1
+        by_pid = [pid for _, pid in results]
+        assert set(by_pid[1::2]) == {old[1]}  # worker 1's items were never disturbed
+        first = by_pid[0::2]
+        # worker 0's items: some (maybe none) before the kill by the old process, the rest re-issued to the new one
+        assert set(first) <= {old[0], new[0]} and first[-1] == new[0]
+        assert first == sorted(first, key=lambda pid: pid == new[0])  # old-process items all come first
+        assert group.call("add", 1) == [2, 7]  # worker 0 restarted from scratch: 1 + 1; worker 1 kept its 6: 6 + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kill_9_without_restarts_moves_the_items_to_a_live_worker(ray_cfg: ClusterConfig) -> None:
+    cfg = ray_cfg.model_copy(update={"max_restarts": 0})
+    with _groups("ray", cfg) as group:
+        old = group.call("pid")
+        results = _kill_mid_map(group, old[0], 12)
+        assert [value for value, _ in results] == [x * x for x in range(12)]
+        assert results[-2][1] == old[1]  # item 10 (worker 0's last) ran on worker 1
+        assert group.restarts() == 0
+        with pytest.raises(WorkerDiedError, match=r"rollout\[0\]\.pid: its worker died \(1 time\(s\)\) and Ray did "
+                                                  r"not restart it \(cluster.max_restarts = 0\)"):
+            group.call_one(0, "pid")  # a call pinned to a worker does not move
+        assert [group.submit("pid").result(timeout=60) for _ in range(3)] == [old[1]] * 3  # items do
+
+
+# ------------------------------------------------------------------------------------- learner ranks
+
+
+@pytest.mark.timeout(300)
+def test_learner_ranks_form_one_gloo_group(ray_cfg: ClusterConfig) -> None:
+    cfg = ray_cfg.model_copy(update={"learner_cpus": 1.0})
+    with make_worker_group("learner", Rank, 2, cfg) as ranks:
+        # rank r contributes [1, 2] * (r + 1): [1, 2] + [2, 4] = [3, 6] on both ranks
+        assert ranks.call("all_reduce", [1.0, 2.0]) == [(0, 2, [3.0, 6.0]), (1, 2, [3.0, 6.0])]
+        env = ranks.call("env", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+        assert [e["RANK"] for e in env] == ["0", "1"] and {e["WORLD_SIZE"] for e in env} == {"2"}
+        assert {e["MASTER_ADDR"] for e in env} == {"127.0.0.1"} and len({e["MASTER_PORT"] for e in env}) == 1
+        assert [e["LOCAL_RANK"] for e in env] == ["0", "1"]  # CPU ranks on one node
+        ranks.call("close")
+
+
+def test_local_learner_is_one_rank_and_restores_the_environment() -> None:
+    before = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    with make_worker_group("learner", Rank, 1, LOCAL) as ranks:
+        assert ranks.call("all_reduce", [1.0, 2.0]) == [(0, 1, [1.0, 2.0])]  # one rank: x * (0 + 1)
+        ranks.call("close")
+    assert {key: os.environ.get(key) for key in before} == before
+    with pytest.raises(ConfigError, match="local mode runs a single learner rank .* set cluster.num_learner_ranks: 1"):
+        make_worker_group("learner", Rank, 2, LOCAL)
+
+
+# ------------------------------------------------------------------------------------- fail fast
+
+
+@pytest.mark.timeout(300)
+def test_resources_beyond_the_cluster_fail_before_any_actor_starts(ray_cfg: ClusterConfig) -> None:
+    too_many = ray_cfg.model_copy(update={"rollout_cpus": 2.0})
+    with pytest.raises(ResourceError, match=r"rollout: 3 workers x 2 CPU = 6 CPU, but the cluster has 4 CPU in total "
+                                            r"and this run's other worker groups hold 0 \(none\); lower "
+                                            r"cluster.rollout_cpus / cluster.rollout_gpus"):
+        make_worker_group("rollout", Counter, 3, too_many)
+    too_big = ray_cfg.model_copy(update={"reward_cpus": 5.0})
+    with pytest.raises(ResourceError, match="reward: each worker asks for 5 CPU, but no node of the cluster has more than 4"):
+        make_worker_group("reward", Counter, 1, too_big)
+    gpus = ray_cfg.model_copy(update={"rollout_gpus": 1.0})
+    with pytest.raises(ResourceError, match="rollout: each worker asks for 1 GPU, but no node .* more than 0 GPU"):
+        make_worker_group("rollout", Counter, 1, gpus)
+    with _groups("ray", ray_cfg) as held:  # 2 x 1 CPU held; 3 more would make 5 > 4
+        assert held.call("add", 0) == [1, 1]
+        with pytest.raises(ResourceError, match=r"hold 2 \(rollout x2: 2\)"):
+            make_worker_group("reward", Counter, 3, ray_cfg)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")
+@pytest.mark.timeout(300)
+def test_nccl_without_gpus_fails_fast(ray_cfg: ClusterConfig) -> None:
+    for mode in ("local", "ray"):
+        cfg = ray_cfg.model_copy(update={"mode": mode, "learner_backend": "nccl", "learner_gpus": 1.0})
+        with pytest.raises(ResourceError, match="'nccl', which needs CUDA GPUs, .* set cluster.learner_backend: gloo"):
+            make_worker_group("learner", Rank, 1, cfg)
+    with pytest.raises(ConfigError, match=r"cluster: learner_backend 'nccl' needs learner_gpus >= 1"):
+        build_config({"cluster": {"learner_backend": "nccl"}})
+
+
+def test_unreachable_address_fails_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # nothing listens there
+    cfg = ClusterConfig(mode="ray", address=f"127.0.0.1:{port}", connect_timeout_s=5.0)
+    with pytest.raises(ray_cluster.ClusterConnectError,
+                       match=rf"cluster.address = '127.0.0.1:{port}': no Ray head answers there \(.*refused"):
+        ray_cluster.connect(cfg)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # what a job would set, here pointing nowhere
+    with pytest.raises(ray_cluster.ClusterConnectError, match=rf"RAY_ADDRESS = '127.0.0.1:{port}': no Ray head"):
+        ray_cluster.connect(ClusterConfig(mode="ray", connect_timeout_s=5.0))
+    with pytest.raises(ConfigError, match=r"cluster: address 'http://127.0.0.1:8265' is a dashboard .* host:port"):
+        build_config({"cluster": {"address": "http://127.0.0.1:8265"}})
+
+
+def test_runtime_env_makes_the_project_importable() -> None:
+    local = ray_cluster.worker_runtime_env(None, [HERE])
+    assert local is not None
+    assert local["env_vars"]["PYTHONPATH"].split(os.pathsep)[:2] == [str(ray_cluster.PROJECT_ROOT), str(HERE)]
+    remote = ray_cluster.worker_runtime_env("10.0.0.5:6379")  # only computed: nothing is contacted
+    assert remote is not None and "PYTHONPATH" not in remote["env_vars"]
+    assert [Path(p).name for p in remote["py_modules"]] == ["system", "actors", "learner"]

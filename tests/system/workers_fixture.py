@@ -1,0 +1,73 @@
+"""Plain worker classes for tests/system/test_workers.py: importable by Ray workers (the test puts this
+directory on their PYTHONPATH), and free of heavy imports at module level."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+class Counter:
+    """A tiny stateful worker: a running total per instance, plus helpers the fault tests use."""
+
+    def __init__(self, start: int = 0, *, scale: int = 1, fail_on_start: bool = False) -> None:
+        if fail_on_start:
+            raise ValueError(f"refusing to start with start={start}")
+        self.total = start
+        self.scale = scale
+
+    def add(self, k: int) -> int:
+        self.total += k * self.scale
+        return self.total
+
+    def square(self, x: int) -> int:
+        return x * x * self.scale
+
+    def slow_square(self, x: int, delay_s: float) -> tuple[int, int]:
+        """x * x after ``delay_s`` seconds, and the pid of the process that computed it."""
+        time.sleep(delay_s)
+        return x * x, os.getpid()
+
+    def check_positive(self, x: int) -> int:
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        return x
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def env(self, *names: str) -> dict[str, Any]:
+        return read_env(names)
+
+
+def read_env(names: tuple[str, ...]) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+class Rank:
+    """A learner-like rank: joins the env:// torch.distributed group and all-reduces a tensor."""
+
+    def __init__(self, backend: str = "gloo") -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=60))
+        self.rank = dist.get_rank()
+
+    def all_reduce(self, values: list[float]) -> tuple[int, int, list[float]]:
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64) * (self.rank + 1)
+        dist.all_reduce(tensor)
+        return self.rank, dist.get_world_size(), tensor.tolist()
+
+    def env(self, *names: str) -> dict[str, Any]:
+        return read_env(names)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
