@@ -7,7 +7,9 @@ plain number with words around it ("$18", "18 dollars", "x = 18", "The answer is
 to the number, and both sides go to math-verify wrapped in ``\\boxed{}`` (gold first). Commas,
 ``$``, ``\\text{}`` units, fractions, decimals and percentages are math-verify's to compare.
 math-verify's own timeouts use ``signal.alarm`` and break outside the main thread, so they are off
-(``parsing_timeout=None, timeout_seconds=None``): the RewardWorker bounds time by killing the process.
+(``parsing_timeout=None, timeout_seconds=None``): the RewardWorker bounds time by killing the process,
+and spans that are too long, too deeply bracketed or with unbalanced braces (math-verify can spend
+seconds on those) are wrong without calling it.
 
 ``d1`` (the published code, quirks kept):
 
@@ -64,6 +66,15 @@ def nesting_depth(text: str) -> int:
     return deepest
 
 
+def braces_balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _verify_text(span: str) -> str:
     match = _NUMBER_WITH_WORDS.fullmatch(span)
     return "\\boxed{" + (match.group("number") if match else span) + "}"
@@ -100,6 +111,8 @@ def math_default(example: Example, completion: str, ctx: RewardContext) -> Rewar
         return ctx.blend(0.0, fmt, {}, f"answer longer than {MAX_ANSWER_CHARS} characters", False)
     if nesting_depth(span) > MAX_NESTING:
         return ctx.blend(0.0, fmt, {}, f"answer brackets nested deeper than {MAX_NESTING}", False)
+    if not braces_balanced(span):  # not LaTeX; math-verify can spend seconds trying
+        return ctx.blend(0.0, fmt, {}, f"answer {span[:80]!r} has unbalanced braces", False)
     ok, why = math_verify_equal(gold, span)
     return ctx.blend(float(ok), fmt, {}, f"answer {span[:80]!r} (from {source}) {why}", ok)
 

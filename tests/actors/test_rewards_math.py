@@ -72,6 +72,8 @@ def test_default_bounds_bracket_nesting_before_math_verify():
     assert score(GSM, wrap("((72))"), DEFAULT).correct
     deep = score(GSM, wrap("(" * 7 + "72" + ")" * 7), DEFAULT)  # math-verify would take seconds
     assert not deep.correct and "nested deeper than 6" in deep.reason
+    unbalanced = score(GSM, wrap("\\boxed{72"), DEFAULT)  # math-verify spent 2 s on such text
+    assert not unbalanced.correct and "unbalanced braces" in unbalanced.reason
 
 
 def test_default_other_sources_and_limits():
