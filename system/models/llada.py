@@ -4,8 +4,7 @@ What this module owns: the LLaDA network under the hub checkpoint's exact tensor
 (``model.transformer.wte`` / ``blocks.N.{attn_norm,q_proj,k_proj,v_proj,attn_out,ff_norm,ff_proj,
 up_proj,ff_out}`` / ``ln_f`` / ``ff_out``), built from the hub config.json field names (``d_model``,
 ``n_heads``, ``n_kv_heads``, ``mlp_hidden_size``, ``rope_theta``, ``rms_norm_eps``, ``weight_tying``,
-``include_qkv_bias``, ...); :func:`spec`; and :func:`resolve_special_ids`, the reading of special token
-ids from config.json / tokenizer files / family defaults that the Dream family uses too.
+``include_qkv_bias``, ...); and :func:`spec` (special ids through :mod:`system.models.hub`).
 
 LLaDA is an OLMo-style "llama" block, not a transformers architecture (its names, its fused defaults
 and its config fields are its own), so the network is written here from our ``layers.py``: pre-norm
@@ -34,19 +33,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from system.models.base import KVCache, ModelSpec
-from system.models.layers import RMSNorm, apply_rope, rope_cos_sin
-from system.models.loading import CheckpointError, read_json
+from system.models.hub import SpecialTokens, Token, special_ids
+from system.models.layers import (
+    CheckpointingMixin,
+    RMSNorm,
+    apply_rope,
+    attend,
+    default_positions,
+    head_logits,
+    rope_cos_sin,
+    run_layers,
+    split_heads,
+)
+from system.models.loading import CheckpointError
 from system.models.registry import Family
 
-# role -> (token text, id in the real-size vocabulary); used only where the id fits the vocabulary.
-LLADA_SPECIAL_TOKENS: dict[str, tuple[str, int]] = {
-    "mask": ("<|mdm_mask|>", 126336),
-    "eos": ("<|endoftext|>", 126081),
-    "eot": ("<|eot_id|>", 126348),
-}
+# Texts in the tokenizer files, and ids in the real-size vocabulary (used only where they fit).
+SPECIAL_TOKENS = SpecialTokens(
+    mask=Token(("<|mdm_mask|>",), 126336),
+    eos=Token(("<|endoftext|>",), 126081),
+    eot=Token(("<|eot_id|>",), 126348),
+)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 # Defaults of the original ``ModelConfig`` for the fields read here (a config.json may omit them).
 ORIGINAL_DEFAULTS: dict[str, object] = {
@@ -57,100 +66,6 @@ ORIGINAL_DEFAULTS: dict[str, object] = {
     "rope_theta": 10000.0, "include_qkv_bias": False, "include_bias": False, "bias_for_layer_norm": None,
     "scale_logits": False, "embedding_size": 50304, "weight_tying": True,
 }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Special token ids (shared with the Dream family)
-
-
-def _json_if_present(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
-
-
-def _tokenizer_tables(directory: Path | None) -> tuple[dict[str, int], dict[str, str]]:
-    """(token text -> id of the added/special tokens, role -> token text) from the tokenizer files."""
-    ids: dict[str, int] = {}
-    roles: dict[str, str] = {}
-    if directory is None:
-        return ids, roles
-    tok_config = _json_if_present(directory / "tokenizer_config.json")
-    for key, entry in (tok_config.get("added_tokens_decoder") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str) and str(key).isdigit():
-            ids.setdefault(entry["content"], int(key))
-    for text, idx in _json_if_present(directory / "added_tokens.json").items():
-        if isinstance(idx, int):
-            ids.setdefault(text, idx)
-    for source in (tok_config, _json_if_present(directory / "special_tokens_map.json")):
-        for role in ("mask", "eos", "pad"):
-            value = source.get(f"{role}_token")
-            text = value.get("content") if isinstance(value, dict) else value
-            if isinstance(text, str):
-                roles.setdefault(role, text)
-    return ids, roles
-
-
-def _config_id(config: dict, role: str, vocab_size: int) -> int | None:
-    value = config.get(f"{role}_token_id")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if value is None:
-        return None
-    if not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise CheckpointError(
-            f"config.json: {role}_token_id {value!r} is not an id in the vocabulary [0, {vocab_size}); "
-            f"fix config.json or set model.{role}_token_id"
-        )
-    return value
-
-
-def resolve_special_ids(
-    config: dict, directory: Path | None, vocab_size: int, defaults: dict[str, tuple[str, int]]
-) -> dict[str, int]:
-    """Ids of the ``mask``, ``eos``, ``pad`` and ``eot`` tokens.
-
-    Each comes from the first source that has it: config.json's ``<role>_token_id``; the tokenizer files
-    in ``directory`` (``tokenizer_config.json`` roles and ``added_tokens_decoder``,
-    ``special_tokens_map.json``, ``added_tokens.json``; for ``eot`` and a nameless mask, the family's
-    token text from ``defaults``); the family's real-size default id, used only when it fits
-    ``vocab_size``. Then pad and eot fall back to eos.
-    """
-    ids, roles = _tokenizer_tables(directory)
-    out: dict[str, int] = {}
-    for role in ("mask", "eos", "pad", "eot"):
-        found = _config_id(config, role, vocab_size)
-        texts = [roles[role]] if role in roles else []
-        if role in defaults:
-            texts.append(defaults[role][0])
-        for text in texts:
-            if found is None and text in ids and 0 <= ids[text] < vocab_size:
-                found = ids[text]
-        if found is None and role in defaults and defaults[role][1] < vocab_size:
-            found = defaults[role][1]
-        if found is not None:
-            out[role] = found
-    if "eos" not in out:
-        raise CheckpointError("no eos token id: config.json has no eos_token_id and no tokenizer file names one")
-    if "mask" not in out:
-        raise CheckpointError(
-            f"no mask token id: config.json has no mask_token_id, no tokenizer file names one, and the "
-            f"family default {defaults['mask'][1]} is outside the vocabulary of {vocab_size}; "
-            "add mask_token_id to config.json"
-        )
-    out.setdefault("pad", out["eos"])
-    out.setdefault("eot", out["eos"])
-    return out
-
-
-class CheckpointingMixin:
-    """``gradient_checkpointing`` flag with the transformers-style switches."""
-
-    gradient_checkpointing: bool = False
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.gradient_checkpointing = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,20 +158,12 @@ class LLaDABlock(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
         cache: KVCache | None, store_cache: bool,
     ) -> torch.Tensor:
-        bsz, length, _ = x.shape
-        a = self.args
-        q = self.q_proj(x).view(bsz, length, a.n_heads, a.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(bsz, length, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(bsz, length, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        q_rot, k_rot = apply_rope(q.to(cos.dtype), k.to(cos.dtype), cos, sin)
+        q = split_heads(self.q_proj(x), self.args.n_heads)
+        k = split_heads(self.k_proj(x), self.args.n_kv_heads)
+        v = split_heads(self.v_proj(x), self.args.n_kv_heads)
+        q_rot, k_rot = apply_rope(q.to(cos.dtype), k.to(cos.dtype), cos, sin)  # fp32 RoPE by default
         q, k = q_rot.to(q.dtype), k_rot.to(k.dtype)
-        if cache is not None:
-            k, v = cache.extend(self.layer, k, v, store_cache)
-        if a.n_kv_heads != a.n_heads:
-            k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
-            v = v.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attn_out(out.transpose(1, 2).reshape(bsz, length, a.d_model))
+        return self.attn_out(attend(q, k, v, mask, cache, self.layer, store_cache))
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -289,7 +196,6 @@ class LLaDANet(CheckpointingMixin, nn.Module):
         super().__init__()
         self.args = args
         self.model = LLaDATransformer(args)
-        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -301,19 +207,14 @@ class LLaDANet(CheckpointingMixin, nn.Module):
     ) -> torch.Tensor:
         t = self.model.transformer
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            position_ids = default_positions(input_ids, cache)
         x = t.wte(input_ids)
         if self.args.input_emb_norm:
             x = x * self.args.d_model**0.5
         rope_dtype = torch.float32 if self.args.rope_full_precision else x.dtype
         cos, sin = rope_cos_sin(position_ids, self.args.head_dim, self.args.rope_theta, rope_dtype)
-        for block in t.blocks:
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, cos, sin, attention_mask, None, False, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, attention_mask, cache, store_cache)
-        x = t.ln_f(x)
-        logits = F.linear(x, t.wte.weight) if self.args.weight_tying else t.ff_out(x)
+        x = run_layers(t.blocks, x, cos, sin, attention_mask, cache, store_cache, self.recompute)
+        logits = head_logits(t.ln_f(x), t.wte, getattr(t, "ff_out", None))
         if self.args.scale_logits:
             logits = logits * (1.0 / self.args.d_model**0.5)
         return logits
@@ -325,16 +226,8 @@ def _build(config: dict) -> nn.Module:
 
 def _spec(config: dict, directory: Path | None) -> ModelSpec:
     vocab = llada_args(config).vocab
-    ids = resolve_special_ids(config, directory, vocab, LLADA_SPECIAL_TOKENS)
-    return ModelSpec(
-        arch="llada",
-        attention="full",
-        mask_token_id=ids["mask"],
-        eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"],
-        eot_token_id=ids["eot"],
-        vocab_size=vocab,
-    )
+    ids = special_ids(config, directory, vocab, SPECIAL_TOKENS)
+    return ModelSpec(arch="llada", attention="full", vocab_size=vocab, **ids)
 
 
 FAMILY = Family(name="llada", architectures=("LLaDAModelLM",), build_net=_build, spec=_spec)

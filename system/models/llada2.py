@@ -25,21 +25,32 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from system.models.base import KVCache, ModelSpec
-from system.models.layers import RMSNorm, apply_rope, rope_cos_sin
-from system.models.moe import GroupedTopKRouter, SparseMoeBlock, SwiGLU
+from system.models.hub import SpecialTokens, Token, block_size, padding_idx, special_ids
+from system.models.layers import (
+    CheckpointingMixin,
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    attend,
+    default_positions,
+    head_logits,
+    rope_cos_sin,
+    run_layers,
+    split_heads,
+)
+from system.models.moe import GroupedTopKRouter, SparseMoeBlock
 from system.models.registry import Family
-from system.models.sdar import hub_token_ids
 
 DEFAULT_BLOCK_SIZE = 32
-MASK_TOKEN_ID = 156895  # <|mask|>
-EOS_TOKEN_ID = 156892  # <|endoftext|>, also the pad token
-MASK_TOKEN_NAME = "<|mask|>"
-EOT_TOKEN_NAME = "<|role_end|>"
+# Texts in the tokenizer files, and ids in the real-size vocabulary (used only where they fit).
+SPECIAL_TOKENS = SpecialTokens(
+    mask=Token(("<|mask|>",), 156895),
+    eos=Token(("<|endoftext|>",), 156892),  # also the pad token
+    eot=Token(("<|role_end|>",)),
+)
 
 
 @dataclass(frozen=True)
@@ -134,21 +145,13 @@ class LLaDA2Attention(nn.Module):
         cache: KVCache | None,
         store_cache: bool,
     ) -> torch.Tensor:
-        bsz, length, _ = x.shape
-        qkv = self.query_key_value(x).view(bsz, length, self.num_heads + 2 * self.kv_heads, self.head_dim)
-        q, k, v = (
-            t.transpose(1, 2) for t in qkv.split([self.num_heads, self.kv_heads, self.kv_heads], dim=2)
-        )
+        qkv = split_heads(self.query_key_value(x), self.num_heads + 2 * self.kv_heads)
+        q, k, v = qkv.split([self.num_heads, self.kv_heads, self.kv_heads], dim=1)
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, k, cos, sin)
-        if cache is not None:
-            k, v = cache.extend(self.layer, k, v, store_cache)
-        groups = self.num_heads // self.kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
-        return self.dense(out.transpose(1, 2).reshape(bsz, length, -1))
+        out = attend(q, k, v, mask, cache, self.layer, store_cache, scale=self.head_dim**-0.5)
+        return self.dense(out)
 
 
 def _mlp(cfg: LLaDA2Config, layer: int) -> nn.Module:
@@ -199,15 +202,14 @@ class LLaDA2Backbone(nn.Module):
 
     def __init__(self, cfg: LLaDA2Config) -> None:
         super().__init__()
-        pad = cfg.pad_token_id
-        padding_idx = pad if pad is not None and 0 <= pad < cfg.vocab_size else None
         # padding_idx as in the original: that row gets no gradient.
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx)
+        pad = padding_idx(cfg.pad_token_id, cfg.vocab_size)
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, pad)
         self.layers = nn.ModuleList(LLaDA2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class LLaDA2Net(nn.Module):
+class LLaDA2Net(CheckpointingMixin, nn.Module):
     """LLaDA2.0's network; its forward follows the contract in ``system.models.base``."""
 
     def __init__(self, config: dict) -> None:
@@ -216,18 +218,6 @@ class LLaDA2Net(nn.Module):
         self.model = LLaDA2Backbone(self.cfg)
         if not self.cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(self.cfg.hidden_size, self.cfg.vocab_size, bias=False)
-        self.gradient_checkpointing = False
-
-    def gradient_checkpointing_enable(self, **kwargs: object) -> None:
-        self.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.gradient_checkpointing = False
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.cfg.tie_word_embeddings:
-            return F.linear(hidden, self.model.word_embeddings.weight)
-        return self.lm_head(hidden)
 
     def forward(
         self,
@@ -238,50 +228,21 @@ class LLaDA2Net(nn.Module):
         store_cache: bool = False,
     ) -> torch.Tensor:
         if position_ids is None:
-            offset = cache.length if cache is not None else 0
-            position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset)[None]
+            position_ids = default_positions(input_ids, cache)
         x = self.model.word_embeddings(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.cfg.rope_dim, self.cfg.rope_theta, x.dtype)
-        for layer in self.model.layers:
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, attention_mask, None, False, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, attention_mask, cache, store_cache)
-        return self.head(self.model.norm(x))
-
-
-def _config_id(config: dict, key: str) -> int | None:
-    value = config.get(key)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+        x = run_layers(self.model.layers, x, cos, sin, attention_mask, cache, store_cache, self.recompute)
+        return head_logits(self.model.norm(x), self.model.word_embeddings, getattr(self, "lm_head", None))
 
 
 def _spec(config: dict, directory: Path | None) -> ModelSpec:
     vocab = int(config["vocab_size"])
-    tokens = hub_token_ids(directory)
-    mask = _config_id(config, "mask_token_id")
-    mask = tokens.get(MASK_TOKEN_NAME, MASK_TOKEN_ID) if mask is None else mask
-    eos = _config_id(config, "eos_token_id")
-    eos = EOS_TOKEN_ID if eos is None else eos
-    pad = _config_id(config, "pad_token_id")
-    pad = eos if pad is None else pad
-    for name, value in (("eos_token_id", eos), ("pad_token_id", pad)):
-        if not 0 <= value < vocab:
-            raise ValueError(f"config.json: {name} {value} is outside the vocabulary [0, {vocab})")
-    eot = tokens.get(EOT_TOKEN_NAME)
-    block = config.get("block_size", DEFAULT_BLOCK_SIZE)
-    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-        raise ValueError(f"config.json: block_size must be a positive integer, got {block!r}")
     return ModelSpec(
         arch="llada2",
         attention="block",
-        block_size=block,
-        mask_token_id=mask,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        eot_token_id=eot if eot is not None and 0 <= eot < vocab else eos,
+        block_size=block_size(config, DEFAULT_BLOCK_SIZE),
         vocab_size=vocab,
+        **special_ids(config, directory, vocab, SPECIAL_TOKENS),
     )
 
 

@@ -1,7 +1,8 @@
-"""Mixture-of-experts pieces of LLaDA2.0 (``LLaDA2MoeModelLM``, Ling-2.0 lineage): the SwiGLU expert,
-the grouped top-k sigmoid router with a selection-only expert bias, and the sparse block with shared
-experts. Parameter names follow the hub checkpoint (``mlp.gate.weight``, ``mlp.gate.expert_bias``,
-``mlp.experts.{i}.{gate,up,down}_proj.weight``, ``mlp.shared_experts.*``).
+"""Mixture-of-experts pieces of LLaDA2.0 (``LLaDA2MoeModelLM``, Ling-2.0 lineage): the grouped top-k
+sigmoid router with a selection-only expert bias, and the sparse block of SwiGLU experts
+(:class:`~system.models.layers.SwiGLU`) with shared experts. Parameter names follow the hub
+checkpoint (``mlp.gate.weight``, ``mlp.gate.expert_bias``, ``mlp.experts.{i}.{gate,up,down}_proj.weight``,
+``mlp.shared_experts.*``).
 
 The routing arithmetic is the original's: router logits in fp32, ``sigmoid`` scores, ``scores +
 expert_bias`` for *selection only* (top-2 sum per group -> ``topk_group`` groups -> ``top_k`` experts
@@ -24,18 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), no biases: LLaDA2's dense MLP, each expert and the shared experts."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+from system.models.layers import SwiGLU
 
 
 class GroupedTopKRouter(nn.Module):

@@ -12,14 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from system.models.base import KVCache, ModelSpec
-from system.models.layers import RMSNorm, apply_rope, rope_cos_sin
+from system.models.layers import (
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    attend,
+    default_positions,
+    rope_cos_sin,
+    run_layers,
+    split_heads,
+)
 from system.models.loading import weight_files
 from system.models.registry import Family
 
@@ -90,29 +97,11 @@ class TinyAttention(nn.Module):
         cache: KVCache | None,
         store_cache: bool,
     ) -> torch.Tensor:
-        bsz, length, _ = x.shape
-        shape = (bsz, length, self.num_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q = split_heads(self.q_proj(x), self.num_heads)
+        k = split_heads(self.k_proj(x), self.num_heads)
+        v = split_heads(self.v_proj(x), self.num_heads)
         q, k = apply_rope(q, k, cos, sin)
-        if cache is not None:
-            k, v = cache.extend(self.layer, k, v, store_cache)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, length, -1))
-
-
-class TinyMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, config: TinyDLMConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.o_proj(attend(q, k, v, mask, cache, self.layer, store_cache))
 
 
 class TinyBlock(nn.Module):
@@ -121,7 +110,7 @@ class TinyBlock(nn.Module):
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn = TinyAttention(config, layer)
         self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = TinyMLP(config)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, x, cos, sin, mask, cache, store_cache):  # type: ignore[no-untyped-def]
         x = x + self.attn(self.input_norm(x), cos, sin, mask, cache, store_cache)
@@ -161,15 +150,12 @@ class TinyDLM(PreTrainedModel):
         store_cache: bool = False,
     ) -> torch.Tensor:
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            position_ids = default_positions(input_ids, cache)
         x = self.embed_tokens(input_ids)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         cos, sin = rope_cos_sin(position_ids, head_dim, self.config.rope_theta, x.dtype)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, attention_mask, None, False, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, attention_mask, cache, store_cache)
+        recompute = self.gradient_checkpointing and self.training
+        x = run_layers(self.layers, x, cos, sin, attention_mask, cache, store_cache, recompute)
         return self.lm_head(self.norm(x))
 
 
