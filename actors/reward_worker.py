@@ -9,7 +9,8 @@ worker and reported with the item. Results come back in input order.
 
 Processes start with ``forkserver`` (default) or ``spawn``, never ``fork``: the parent has torch
 and its threads loaded. The forkserver preloads this module (and so the rewards and math-verify),
-so a replacement worker starts in a fraction of a second.
+so a replacement worker starts in a fraction of a second. As with any forkserver / spawn pool, a
+script that creates a RewardWorker needs the ``if __name__ == "__main__":`` guard.
 
 ``stats()`` counts items, timeouts, errors by kind (``timeout``, ``worker_crash``,
 ``exception:<Type>``, ``sandbox_error``, ``unknown_task``, ...) and worker restarts.
@@ -129,6 +130,14 @@ class RewardWorker:
         self._stats.timeouts += kind == "timeout"
         self._replace(i)
 
+    @staticmethod
+    def _startup_failure(slot: _Slot) -> RuntimeError:
+        slot.process.join(timeout=5)
+        return RuntimeError(
+            f"reward worker {slot.process.pid} exited at start-up (exit code {slot.process.exitcode}); see its "
+            "stderr. A script that creates a RewardWorker needs the `if __name__ == '__main__':` guard "
+            "(workers start with forkserver / spawn, which import the main module)")
+
     def _collect(self, i: int, results: list) -> None:
         """Take whatever slot ``i`` has to report: readiness, a result, a crash or a timeout."""
         slot, now = self._slots[i], time.monotonic()
@@ -139,8 +148,7 @@ class RewardWorker:
                 message = None
             if message is None:
                 if not slot.ready:
-                    raise RuntimeError(f"reward worker {slot.process.pid} exited at start-up "
-                                       f"(exit code {slot.process.exitcode}); see its stderr")
+                    raise self._startup_failure(slot)
                 if slot.item is None:
                     self._stats.errors["worker_died_idle"] += 1
                     self._replace(i)
@@ -159,8 +167,7 @@ class RewardWorker:
                 slot.item = None
         elif not slot.process.is_alive():
             if not slot.ready:
-                raise RuntimeError(f"reward worker {slot.process.pid} exited at start-up (exit code "
-                                   f"{slot.process.exitcode}); see its stderr")
+                raise self._startup_failure(slot)
             if slot.item is None:  # died while idle (killed from outside): replace it, nothing lost
                 self._stats.errors["worker_died_idle"] += 1
                 self._replace(i)
@@ -254,4 +261,5 @@ class RewardWorker:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit multiprocessing may be half torn down
+            self.close()
