@@ -123,19 +123,20 @@ def is_connected() -> bool:
 
 
 def connect(cfg: ClusterConfig, *, extra_pythonpath: Sequence[str | Path] = (), log_to_driver: bool = True) -> None:
-    """Join ``cfg.address`` (or the job's cluster), or start a local cluster on 127.0.0.1; idempotent.
+    """Join ``cfg.address`` (or the job's cluster), or start a local cluster on 127.0.0.1; a no-op when this
+    process is connected already (to whichever cluster).
 
     ``extra_pythonpath``: more directories the workers must import from (local machine only; tests).
     """
+    import ray
+
+    if ray.is_initialized():
+        return
     source, joining = "cluster.address", cfg.address
     if joining is None and os.environ.get("RAY_ADDRESS"):
         source, joining = "RAY_ADDRESS", os.environ["RAY_ADDRESS"]
     if joining is not None:
         check_reachable(joining, cfg.connect_timeout_s, source)
-    import ray
-
-    if ray.is_initialized():
-        return
     _set_auth_mode(cfg.auth_mode)
     runtime_env = worker_runtime_env(joining, extra_pythonpath)
     common: dict[str, Any] = {"namespace": cfg.namespace, "runtime_env": runtime_env, "log_to_driver": log_to_driver}

@@ -17,6 +17,7 @@ from system.config import ClusterConfig
 from system.workers.base import (
     LocalFuture,
     LocalWorkerGroup,
+    MapFuture,
     ResourceError,
     Resources,
     WorkerCallError,
@@ -32,6 +33,7 @@ __all__ = [
     "ROLES",
     "LocalFuture",
     "LocalWorkerGroup",
+    "MapFuture",
     "ResourceError",
     "Resources",
     "WorkerCallError",
@@ -67,24 +69,34 @@ def _check_local_backend(role: str, backend: str) -> None:
 
 def make_worker_group(role: str, cls: type, n: int, cfg: ClusterConfig, *args: Any,
                       resources: Resources | None = None, distributed: bool | None = None,
-                      per_worker_kwargs: Sequence[dict[str, Any]] | None = None, max_concurrency: int = 1,
-                      **kwargs: Any) -> WorkerGroup:
+                      index_kwarg: str | None = None, per_worker_kwargs: Sequence[dict[str, Any]] | None = None,
+                      max_concurrency: int = 1, **kwargs: Any) -> WorkerGroup:
     """``n`` workers ``cls(*args, **kwargs, **per_worker_kwargs[i])`` of ``role``, local or Ray by ``cfg.mode``.
+
+    In Ray mode, connects first (``system.ray_cluster.connect(cfg)``) unless this process already is.
 
     Args:
         resources: per worker; default ``role_resources(cfg, role)``.
         distributed: learner ranks (placement group, env:// variables, no restarts); default ``role == "learner"``.
-        per_worker_kwargs: extra constructor keywords of each worker (e.g. ``[{"worker_index": i}, ...]``).
+        index_kwarg: pass each worker its index under this keyword (e.g. ``"worker_index"``).
+        per_worker_kwargs: extra constructor keywords of each worker (a list of n dicts).
         max_concurrency: Ray only: how many calls one actor runs at once (threads; 1 = one after another).
     """
     distributed = role == "learner" if distributed is None else distributed
+    if index_kwarg is not None:
+        base = per_worker_kwargs if per_worker_kwargs is not None else [{} for _ in range(n)]
+        if len(base) != n:
+            raise ValueError(f"{role}: per_worker_kwargs has {len(base)} entries for {n} workers")
+        per_worker_kwargs = [{**extra, index_kwarg: i} for i, extra in enumerate(base)]
     if distributed and cfg.mode == "local":
         _check_local_backend(role, cfg.learner_backend)
     if cfg.mode == "local":
         return LocalWorkerGroup(role, cls, n, *args, distributed=distributed, per_worker_kwargs=per_worker_kwargs,
                                 **kwargs)
+    from system import ray_cluster
     from system.workers.ray_group import RayWorkerGroup
 
+    ray_cluster.connect(cfg)
     return RayWorkerGroup(role, cls, n, cfg, *args, resources=resources or role_resources(cfg, role),
                           distributed=distributed, per_worker_kwargs=per_worker_kwargs,
                           max_concurrency=max_concurrency, **kwargs)

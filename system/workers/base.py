@@ -6,6 +6,12 @@ rank) and calls their methods by name, so the driver reads like local code::
     rollouts = make_worker_group("rollout", RolloutWorker, 2, cfg.cluster, cfg)
     groups = rollouts.map("generate", batches)          # scattered round-robin, results in item order
     rollouts.call("set_weights", state, version)        # the same call on every worker
+    future = rollouts.submit("generate", batch)         # one item on any worker; wait(futures) streams
+    later = rollouts.map_async("generate", batches)     # map without waiting: later.result()
+
+Calls pinned to a worker (``call``, ``call_one``, ``call_async``) are re-issued only on that worker
+once restarted; items (``map``, ``map_async``, ``submit``) also move to a live worker when Ray gave
+up on theirs.
 
 ``LocalWorkerGroup`` builds the instances in this process (breakpoints work, no Ray is imported);
 ``RayWorkerGroup`` (system/workers/ray_group.py) builds them as Ray actors. Both wrap an exception
@@ -27,6 +33,7 @@ from system.errors import ConfigError
 
 __all__ = [
     "LocalFuture",
+    "MapFuture",
     "LocalWorkerGroup",
     "ResourceError",
     "Resources",
@@ -157,6 +164,27 @@ class LocalFuture(WorkerFuture):
         return self._value
 
 
+class MapFuture(WorkerFuture):
+    """The results of ``map_async``: one future per item; ``result()`` is their list in item order."""
+
+    def __init__(self, futures: Sequence[WorkerFuture]) -> None:
+        self.items = list(futures)
+
+    def done(self) -> bool:
+        return all([f.done() for f in self.items])  # poll every item: each re-issues once its worker's death is seen
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = self.items
+        while pending:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{len(pending)} of {len(self.items)} mapped items did not finish within "
+                                   f"{timeout:g} s")
+            _, pending = wait(pending, remaining)
+        return [f.result() for f in self.items]
+
+
 class WorkerGroup(ABC):
     """``size`` workers of one ``role``, all instances of one class (see the module docstring)."""
 
@@ -196,14 +224,15 @@ class WorkerGroup(ABC):
     def map(self, method: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
         """``method(item, **kwargs)`` for each item, item i on worker i % size; results in item order.
 
-        All items are submitted at once. An item whose worker dies is re-issued (by its future) on the
-        restarted worker or on a live one, so every item's result is returned exactly once.
+        All items are submitted at once. An item whose worker dies is re-issued on the restarted worker
+        or on a live one, so every item's result is returned exactly once.
         """
-        futures = [self._start(i % self.size, method, (item,), kwargs, i, False) for i, item in enumerate(items)]
-        pending = futures
-        while pending:  # polling them all lets each re-issue as soon as its worker's death is seen
-            _, pending = wait(pending)
-        return [f.result() for f in futures]
+        return self.map_async(method, items, **kwargs).result()
+
+    def map_async(self, method: str, items: Sequence[Any], **kwargs: Any) -> MapFuture:
+        """``map`` without waiting: ``.result()`` gives the list in item order."""
+        return MapFuture([self._start(i % self.size, method, (item,), kwargs, i, False)
+                          for i, item in enumerate(items)])
 
     def __enter__(self) -> WorkerGroup:
         return self

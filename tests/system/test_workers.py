@@ -5,7 +5,10 @@ clear failures: resources the cluster lacks, NCCL without GPUs, an unreachable a
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +79,10 @@ def test_local_and_ray_groups_give_the_same_results(ray_cfg: ClusterConfig) -> N
             assert group.map("square", [1, 2, 3, 4]) == [1, 12, 9, 48]
             # submit: one item on any worker, round-robin: 2*2*1 = 4 (worker 0), 2*2*3 = 12 (worker 1), 4 again
             assert [group.submit("square", 2).result(timeout=60) for _ in range(3)] == [4, 12, 4]
+            assert group.map_async("square", [5, 5]).result(timeout=60) == [25, 75]  # 5*5*1, 5*5*3
+        cfg = ray_cfg if kind == "ray" else LOCAL
+        with make_worker_group("reward", Counter, 2, cfg, index_kwarg="start") as indexed:
+            assert indexed.call("add", 0) == [0, 1]  # Counter(start=0), Counter(start=1)
 
 
 @pytest.mark.timeout(300)
@@ -214,15 +221,33 @@ def test_nccl_without_gpus_fails_fast(ray_cfg: ClusterConfig) -> None:
         build_config({"cluster": {"learner_backend": "nccl"}})
 
 
-def test_unreachable_address_fails_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+_CONNECT = """
+import sys
+from system.config import ClusterConfig
+from system.ray_cluster import ClusterConnectError, connect
+try:
+    connect(ClusterConfig(mode="ray", address=sys.argv[1] or None, connect_timeout_s=5.0))
+except ClusterConnectError as err:
+    print(err)
+"""
+
+
+def _connect_in_a_fresh_process(address: str, env: dict[str, str] | None = None) -> str:
+    """connect() where Ray is not connected yet (this process may hold the module's cluster)."""
+    run_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", _CONNECT, address], capture_output=True, text=True, timeout=120,
+                          cwd=ray_cluster.PROJECT_ROOT, env=run_env, check=True).stdout
+
+
+@pytest.mark.timeout(300)
+def test_unreachable_address_fails_within_seconds() -> None:
     port = free_port()  # nothing listens there
-    cfg = ClusterConfig(mode="ray", address=f"127.0.0.1:{port}", connect_timeout_s=5.0)
-    with pytest.raises(ray_cluster.ClusterConnectError,
-                       match=rf"cluster.address = '127.0.0.1:{port}': no Ray head answers there \(.*refused"):
-        ray_cluster.connect(cfg)
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # what a job would set, here pointing nowhere
-    with pytest.raises(ray_cluster.ClusterConnectError, match=rf"RAY_ADDRESS = '127.0.0.1:{port}': no Ray head"):
-        ray_cluster.connect(ClusterConfig(mode="ray", connect_timeout_s=5.0))
+    message = _connect_in_a_fresh_process(f"127.0.0.1:{port}")
+    assert re.match(rf"cluster.address = '127.0.0.1:{port}': no Ray head answers there \(.*refused", message), message
+    assert "ray start --head" in message  # "refused": it failed at once, not after a reconnect loop
+    # what `ray job submit` sets for its entrypoint, here pointing nowhere
+    message = _connect_in_a_fresh_process("", {"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert message.startswith(f"RAY_ADDRESS = '127.0.0.1:{port}': no Ray head answers there"), message
     with pytest.raises(ConfigError, match=r"cluster: address 'http://127.0.0.1:8265' is a dashboard .* host:port"):
         build_config({"cluster": {"address": "http://127.0.0.1:8265"}})
 
