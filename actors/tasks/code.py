@@ -20,12 +20,14 @@ model's first function to it.
 from __future__ import annotations
 
 import ast
+import builtins
 
 from actors.tasks.loading import Row
 from actors.tasks.maths import row_id
 from system.types import Example
 
 FORMATS = ("humaneval", "mbpp", "kodcode")
+_BUILTINS = frozenset(vars(builtins))
 PYTEST_STANDIN = '''\
 try:
     import pytest
@@ -128,7 +130,7 @@ def _called_function(tree: ast.Module) -> str | None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assert):
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id not in dir(__builtins__):
+                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id not in _BUILTINS:
                     return sub.func.id
     return None
 

@@ -176,11 +176,11 @@ def test_code_humaneval_cases_split_top_level_asserts(tmp_path):
 
 def test_code_mbpp_and_kodcode(tmp_path):
     mbpp = {"task_id": 11, "text": "Write a function to add two numbers.", "code": "def add(a, b): return a + b",
-            "test_list": ["assert add(1, 2) == 3", "assert abs(add(0.5, 0.25) - 0.75) < 1e-9"],
+            "test_list": ["assert abs(add(0.5, 0.25) - 0.75) < 1e-9", "assert add(1, 2) == 3"],
             "test_setup_code": "", "challenge_test_list": []}
     (ex,) = load_examples("code", write_jsonl(tmp_path / "mbpp.jsonl", [mbpp]))
     assert ex.id == "11" and ex.reference["entry_point"] == "add"  # abs() is a builtin, add() is not
-    assert ex.reference["tests"] == ["\nassert add(1, 2) == 3\n", "\nassert abs(add(0.5, 0.25) - 0.75) < 1e-9\n"]
+    assert ex.reference["tests"] == ["\nassert abs(add(0.5, 0.25) - 0.75) < 1e-9\n", "\nassert add(1, 2) == 3\n"]
     assert "Your code should pass these tests" in ex.prompt
     kod = {"question_id": "Kod_1", "question": "Write add(a, b).",
            "test": "import pytest\nfrom solution import add\n\ndef test_small():\n    assert add(1, 2) == 3\n\n"
