@@ -11,10 +11,14 @@ answer layout is d1's exactly, because the d1 reward profile scores that layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
 from system.types import Example
+
+if TYPE_CHECKING:
+    from system.config import DataConfig
 
 LAYOUT = "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 LAYOUT_BOXED = "<reasoning>\n...\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
@@ -29,6 +33,10 @@ class PromptStyle:
 
     boxed: bool | None = None
     prefill_reasoning: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> PromptStyle:
+        return cls(boxed=cfg.prompt_boxed, prefill_reasoning=cfg.prefill_reasoning)
 
     def wants_boxed(self, task: str) -> bool:
         return self.boxed if self.boxed is not None else task in BOXED_BY_DEFAULT

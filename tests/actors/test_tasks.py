@@ -217,6 +217,8 @@ def test_prompt_rendering_through_the_chat_template():
     full = prompt_ids(tok, ex)
     assert ids == full[-10:] and tok.decode(full) == text  # left-truncated, as d1 does
     assert "```python" in user_message(Example("code", "c", "Write f.", {}))
+    style = PromptStyle.from_config(DataConfig(prompt_boxed=False, prefill_reasoning=True))
+    assert style == PromptStyle(boxed=False, prefill_reasoning=True) and not style.wants_boxed("math")
 
 
 def test_generated_task_data_and_files_round_trip(tmp_path):
