@@ -27,7 +27,7 @@ KODCODE = code_example(Row("kod.jsonl", 1, {
 
 @pytest.fixture(scope="module")
 def ctx():
-    config = RewardConfig(sandbox_wall_s=2.0, sandbox_cpu_s=2.0)
+    config = RewardConfig(sandbox_wall_s=3.0, sandbox_cpu_s=3.0)  # generous: the CPU is shared
     return RewardContext.from_config(config)
 
 
