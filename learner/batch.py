@@ -28,6 +28,7 @@ class TrainBatch:
     keep: Tensor  # [B] bool (False: a dropped zero-variance group)
     num_groups: int
     num_zero_variance: int
+    group_keys: list[str]  # the RolloutGroup ids, by group index
 
 
 def build_train_batch(groups: list[RolloutGroup], pad_id: int, cfg: AlgorithmConfig) -> TrainBatch:
@@ -51,7 +52,8 @@ def build_train_batch(groups: list[RolloutGroup], pad_id: int, cfg: AlgorithmCon
     group_ids = torch.tensor([i for i, g in enumerate(groups) for _ in g.rollouts], dtype=torch.long)
     rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
     adv = advantages_from_config(rewards, group_ids, cfg)
-    return TrainBatch(batch, rewards, adv.advantages, group_ids, adv.keep, adv.num_groups, adv.num_zero_variance)
+    return TrainBatch(batch, rewards, adv.advantages, group_ids, adv.keep, adv.num_groups, adv.num_zero_variance,
+                      [g.group_id for g in groups])
 
 
 def _rows(batch: EstimatorBatch, rows: Tensor) -> EstimatorBatch:
@@ -69,6 +71,7 @@ class MicroBatch:
     advantages: Tensor
     group_ids: Tensor
     num_groups: int
+    group_keys: list[str]
 
 
 def micro_batches(tb: TrainBatch, groups_per_micro: int) -> list[MicroBatch]:
@@ -80,7 +83,8 @@ def micro_batches(tb: TrainBatch, groups_per_micro: int) -> list[MicroBatch]:
         rows = torch.isin(tb.group_ids, chosen).nonzero().squeeze(-1)
         # renumber group ids 0..n-1 inside the micro-batch
         _, local = torch.unique(tb.group_ids[rows], return_inverse=True)
-        out.append(MicroBatch(_rows(tb.batch, rows), tb.advantages[rows], local, len(chosen)))
+        keys = [tb.group_keys[i] for i in kept[start:start + groups_per_micro]]
+        out.append(MicroBatch(_rows(tb.batch, rows), tb.advantages[rows], local, len(chosen), keys))
     return out
 
 
@@ -97,11 +101,16 @@ def loss_input(
         return PolicyLossInput(new.token_logp, old.token_logp, advantages, group_ids, token_mask=new.token_mask,
                                step_weights=new.extras["step_weight"])
     if getattr(loss, "level", "sequence") == "token":
+        # Token-level ratios need per-token log-probs: ELBO / SPG keep their weighted terms in
+        # token_logp and the plain per-token mean in extras["token_mean_logp"].
+        def per_token(e: LikelihoodEstimate) -> Tensor:
+            return e.extras.get("token_mean_logp", e.token_logp)
+
         mask = new.token_mask & old.token_mask
-        return PolicyLossInput(new.token_logp, old.token_logp, advantages, group_ids, token_mask=mask,
-                               ref_logp=None if ref is None else ref.token_logp)
+        return PolicyLossInput(per_token(new), per_token(old), advantages, group_ids, token_mask=mask,
+                               ref_logp=None if ref is None else per_token(ref))
     surrogate = None
     if getattr(loss, "uses_surrogate", False) and "negative_surrogate" in new.extras:
-        surrogate = torch.where(advantages < 0, new.extras["negative_surrogate"], new.seq_logp)
+        surrogate = torch.where(advantages <= 0, new.extras["negative_surrogate"], new.seq_logp)
     return PolicyLossInput(new.seq_logp, old.seq_logp, advantages, group_ids, surrogate=surrogate,
                            ref_logp=None if ref is None else ref.seq_logp)

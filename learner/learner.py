@@ -17,6 +17,7 @@ averages gradients over ranks, so equal shares give the mean over all groups):
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import socket
 import time
@@ -100,22 +101,30 @@ class Learner:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, self.micro_per_update, self.world_size))
         self.model = self.engine.module
-        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + 17 + self.rank)
         self.spikes = SpikeDetector.from_config(cfg.algorithm)
         self.updates = 0
 
     # ------------------------------------------------------------------ training
+
+    def _generator(self, mb: MicroBatch) -> torch.Generator:
+        """The estimator's randomness for a micro-batch depends on the seed, the update count and the
+        groups in it, not on the rank or the order of micro-batches: sharding the same groups over
+        more ranks draws the same masks."""
+        key = f"{self.cfg.seed}:{self.updates}:" + ",".join(mb.group_keys)
+        seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
 
     def _prepare(self, mb: MicroBatch) -> list[dict[str, Any]]:
         """Draws and old / reference estimates of every inner update, before any update."""
         est, model = self.estimator, self.model
         spec, batch = model.spec, mb.batch.to(model.device)
         cached_old = getattr(est, "old_source", None) == "cached"
+        generator = self._generator(mb)
         plans = []
         with torch.no_grad():
             for _ in range(self.cfg.learner.inner_updates):
-                draw = est.draw(spec, batch, self.generator)
-                old_draw = draw if est.coupling != "independent" else est.draw(spec, batch, self.generator)
+                draw = est.draw(spec, batch, generator)
+                old_draw = draw if est.coupling != "independent" else est.draw(spec, batch, generator)
                 old = None if cached_old else est.score(model, batch, old_draw)
                 ref = None if self.reference is None else est.score(self.reference, batch, draw)
                 plans.append({"batch": batch, "draw": draw, "old": old, "ref": ref})

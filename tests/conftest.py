@@ -16,7 +16,9 @@ FIXTURES = REPO.parent / "shared" / "fixtures" / "models"
 REAL_FAMILIES = ("llada", "dream", "sdar", "llada2")
 ALL_FAMILIES = ("tiny", "tiny_block", *REAL_FAMILIES)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread per test process: pytest-xdist runs one process per core, and oversubscribed
+# threads are several times slower than one.
+torch.set_num_threads(1)
 
 
 def fixture_dir(family: str) -> Path:

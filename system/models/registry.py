@@ -96,7 +96,9 @@ def load_model(
     directory, config = read_config(path)
     family = family_for_config(config, str(directory / "config.json"))
     torch_dtype = resolve_dtype(dtype, device)
-    spec = family.spec(config, directory).with_overrides(**(overrides or {}))
+    # Overrides act as config.json values, so they also rescue a checkpoint whose own ids are unusable.
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    spec = family.spec({**config, **given}, directory).with_overrides(**given)
     if family.load_net is not None:
         net = family.load_net(directory, config, torch_dtype, str(device))
     else:
