@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import torch
 
@@ -43,6 +44,11 @@ class RolloutWorker:
             self.model.net.load_state_dict(state, strict=True)
             self.version = version
             return version.version
+
+    def receive_weights(self, transport: Any, min_version: int) -> int:
+        """Fetch the latest published weights (at least ``min_version``) and swap them in."""
+        state, version = transport.receive(min_version=min_version)
+        return self.set_weights(state, version)
 
     def get_version(self) -> int:
         return self.version.version

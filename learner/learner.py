@@ -207,6 +207,14 @@ class Learner:
                 return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
         return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
 
+    def publish_weights(self, transport: Any, version: int) -> str | None:
+        """Publish the policy through a weight transport as ``version``; every rank must call it (the
+        ZeRO-3 gather is collective), rank 0 publishes. Returns the checksum on rank 0."""
+        state = self.state_dict()
+        if self.rank != 0:
+            return None
+        return transport.publish(state, version).checksum
+
     def save_policy(self, path: str) -> str:
         """Save the policy in HF format (rank 0 writes)."""
         state = self.state_dict()

@@ -167,6 +167,9 @@ class RolloutConfig(Section):
     publish_every: int = Field(1, ge=1, description="Publish new weights to the rollout workers every n steps.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every n steps (0: only at the end).")
     eval_every: int = Field(0, ge=0, description="Evaluate on the test split every n steps (0: never during training).")
+    weight_transport: Literal["auto", "inprocess", "ray", "filesystem"] = Field(
+        "auto", description="How new weights reach the rollout workers; auto: inprocess locally, ray in Ray mode.")
+    weight_dir: str | None = Field(None, description="Shared directory of the filesystem transport.")
 
 
 class RewardConfig(Section):

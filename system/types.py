@@ -4,9 +4,10 @@ their groups, weight versions. Tensors inside are CPU tensors so they pickle che
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: reward workers use these types without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class RolloutGroup:
 
     @property
     def rewards(self) -> torch.Tensor:
+        import torch
+
         return torch.tensor([r.reward for r in self.rollouts], dtype=torch.float32)
 
 

@@ -1,0 +1,213 @@
+"""The RL driver: owns the loop, the rollout buffer, checkpoints and metrics. Workers (rollout, reward,
+learner) are plain classes run through worker groups, in this process (``cluster.mode: local``) or as
+Ray actors (``ray``); the loop reads the same either way:
+
+    groups  = rollout.generate(prompts)            # version-stamped, with trajectories
+    scores  = reward.score(groups)                 # untrusted text -> RewardResult
+    batch   = buffer.take(prompts_per_step)        # staleness-bounded admission
+    metrics = learner.train_on(batch)              # mu updates from estimated ratios
+    version = publish(learner weights -> actors)   # atomic swap on the actors
+
+``sync`` mode generates each step's rollouts with the latest weights (staleness 0); ``async`` mode
+starts generating step n+1 before learning on step n, bounded by ``rollout.max_staleness``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actors.reward_worker import RewardWorker
+from actors.rollout_worker import RolloutWorker
+from actors.tasks import load_task_data
+from learner.learner import Learner
+from system.buffer import RolloutBuffer
+from system.config import Config, dump_config
+from system.progress import Progress
+from system.errors import ConfigError
+from system.transports import TransportOptions, WeightTransport, build_transport
+from system.types import Example, RolloutGroup
+from system.workers import WorkerGroup, make_worker_group
+
+
+@dataclass
+class Workers:
+    rollout: WorkerGroup
+    reward: WorkerGroup
+    learner: WorkerGroup
+
+    def shutdown(self) -> None:
+        for group in (self.rollout, self.reward, self.learner):
+            group.shutdown()
+
+
+def build_workers(cfg: Config) -> Workers:
+    c = cfg.cluster
+    ranks = c.num_learner_ranks
+    return Workers(
+        rollout=make_worker_group("rollout", RolloutWorker, cfg.rollout.num_actors, c, cfg,
+                                  index_kwarg="worker_index"),
+        reward=make_worker_group("reward", RewardWorker, cfg.reward.num_workers if c.mode == "ray" else 1, c,
+                                 cfg.reward),
+        learner=make_worker_group("learner", Learner, ranks, c, cfg, distributed=True),
+    )
+
+
+class PromptSampler:
+    """Cycles through the training examples in a seeded random order (an epoch at a time)."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        if not examples:
+            raise ValueError("the training split is empty: check data.train_path / data.num_train")
+        self.examples, self.rng, self.order, self.cursor = examples, random.Random(seed), [], 0
+
+    def next(self, n: int) -> list[Example]:
+        out = []
+        while len(out) < n:
+            if self.cursor >= len(self.order):
+                self.order, self.cursor = list(range(len(self.examples))), 0
+                self.rng.shuffle(self.order)
+            out.append(self.examples[self.order[self.cursor]])
+            self.cursor += 1
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "order": self.order, "cursor": self.cursor}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self.order, self.cursor = list(state["order"]), int(state["cursor"])
+
+
+def split(items: list[Any], n: int) -> list[list[Any]]:
+    """``n`` contiguous, nearly equal chunks (earlier chunks one longer)."""
+    size, extra = divmod(len(items), n)
+    out, lo = [], 0
+    for i in range(n):
+        hi = lo + size + (1 if i < extra else 0)
+        out.append(items[lo:hi])
+        lo = hi
+    return out
+
+
+def score(workers: Workers, groups: list[RolloutGroup]) -> dict[str, float]:
+    """Fill each rollout's reward from the reward workers; returns reward timing and counts."""
+    start = time.monotonic()
+    items = [(g.example, r.completion_text) for g in groups for r in g.rollouts]
+    chunks = split(items, workers.reward.size)
+    results = [res for chunk in workers.reward.map("score", [c for c in chunks if c]) for res in chunk]
+    rollouts = [r for g in groups for r in g.rollouts]
+    for rollout, result in zip(rollouts, results, strict=True):
+        rollout.reward = result.score
+        rollout.reward_components = dict(result.components)
+        rollout.reward_reason = result.reason
+    correct = sum(bool(res.correct) for res in results)
+    return {"timing/reward": time.monotonic() - start, "rollout/accuracy": correct / max(1, len(results))}
+
+
+def generate(workers: Workers, examples: list[Example]) -> list[RolloutGroup]:
+    chunks = [c for c in split(examples, workers.rollout.size) if c]
+    return [g for part in workers.rollout.map("generate", chunks) for g in part]
+
+
+def build_weight_transport(cfg: Config) -> WeightTransport:
+    kind = cfg.rollout.weight_transport
+    if kind == "auto":
+        kind = "inprocess" if cfg.cluster.mode == "local" else "ray"
+    if kind == "inprocess" and cfg.cluster.mode == "ray":
+        raise ConfigError("rollout.weight_transport 'inprocess' cannot reach Ray actors; use ray or filesystem")
+    options = TransportOptions(kind=kind, directory=cfg.rollout.weight_dir,
+                               ray_actor_name=f"stabledrl-weights-{os.getpid()}")
+    return build_transport(options, rank=0)
+
+
+def publish(workers: Workers, transport: WeightTransport, version: int) -> dict[str, float]:
+    """Learner ranks publish ``version``; every rollout worker swaps it in before its next batch."""
+    start = time.monotonic()
+    workers.learner.call("publish_weights", transport, version)
+    workers.rollout.call("receive_weights", transport, version)
+    return {"timing/broadcast": time.monotonic() - start, "system/policy_version": float(version)}
+
+
+def rollout_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
+    lengths = [r.decode_stats.get("length", 0.0) for g in groups for r in g.rollouts]
+    return {"rollout/completion_length": sum(lengths) / max(1, len(lengths)),
+            "rollout/groups": float(len(groups))}
+
+
+class MetricsLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run ``rollout.steps`` RL steps; returns a summary (also the last line of metrics.jsonl)."""
+    run = Path(run_dir or cfg.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run / "config.yaml")
+    log = MetricsLog(run / "metrics.jsonl")
+    train_set, _ = load_task_data(cfg.data)
+    sampler = PromptSampler(train_set, cfg.seed)
+    workers = build_workers(cfg)
+    transport = build_weight_transport(cfg)
+    buffer = RolloutBuffer(cfg.rollout.max_staleness)
+    version, steps = 0, cfg.rollout.steps
+    bar = Progress(steps, "rl", cfg.logging.progress)
+    history: list[dict[str, Any]] = []
+    try:
+        pending = None
+        for step in range(1, steps + 1):
+            t0 = time.monotonic()
+            groups = pending if pending is not None else generate(workers, sampler.next(cfg.rollout.prompts_per_step))
+            t_gen = time.monotonic() - t0
+            metrics = {"step": step, "timing/generation": t_gen, **score(workers, groups), **rollout_metrics(groups)}
+            buffer.add(groups, version)
+            batch = buffer.take(cfg.rollout.prompts_per_step, version)
+            if batch is None:
+                raise RuntimeError(f"step {step}: the buffer holds {len(buffer)} admissible groups, "
+                                   f"fewer than rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+            pending = None
+            if cfg.rollout.mode == "async" and step < steps and cfg.rollout.max_staleness >= 1:
+                pending = workers.rollout.map_async("generate", [c for c in split(
+                    sampler.next(cfg.rollout.prompts_per_step), workers.rollout.size) if c])
+            shards = split(batch, workers.learner.size)
+            results = workers.learner.map("train_on", shards)
+            metrics.update(average(results))
+            metrics["system/staleness_max"] = float(max(version - g.policy_version for g in batch))
+            version += 1
+            if version % cfg.rollout.publish_every == 0 or step == steps:
+                metrics.update(publish(workers, transport, version))
+            if pending is not None:
+                pending = [g for part in pending.result() for g in part]
+            metrics["timing/step_total"] = time.monotonic() - t0
+            metrics["system/rollout_restarts"] = float(workers.rollout.restarts())
+            metrics["system/reward_restarts"] = float(workers.reward.restarts())
+            log.write(metrics)
+            history.append(metrics)
+            bar.update(reward=metrics["rollout/reward_mean"])
+        bar.close()
+        final = run / "final"
+        workers.learner.call_one(0, "save_policy", str(final))
+    finally:
+        workers.shutdown()
+        transport.close()
+    summary = {"steps": steps, "version": version, "checkpoint": str(run / "final"),
+               "reward_first": history[0]["rollout/reward_mean"], "reward_last": history[-1]["rollout/reward_mean"]}
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def average(results: list[dict[str, float]]) -> dict[str, float]:
+    keys = set().union(*results)
+    return {k: sum(r.get(k, 0.0) for r in results) / len(results) for k in keys}
