@@ -28,8 +28,8 @@ from actors.tasks import load_task_data
 from learner.learner import Learner
 from system.buffer import RolloutBuffer
 from system.config import Config, dump_config
-from system.progress import Progress
 from system.errors import ConfigError
+from system.progress import Progress
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
