@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from actors.rewards import code, countdown, maths, sudoku
+from actors.rewards import code, countdown, maths, sudoku, synthetic
 from actors.rewards.context import PROFILES, RewardContext
 from actors.rewards.extract import MAX_COMPLETION_CHARS
 from system.types import Example, RewardResult
@@ -43,6 +43,7 @@ _REGISTRY: dict[tuple[str, str], RewardFn] = {
     ("sudoku", "d1"): sudoku.sudoku_d1,
     ("code", "default"): code.code_default,
     ("code", "d1"): code.code_d1,
+    **{(task, profile): synthetic.exact_or_partial for task in ("copy", "add") for profile in PROFILES},
 }
 _BUDGETS: dict[str, Callable[[Example, RewardContext], float]] = {"code": code.time_budget}
 

@@ -1,7 +1,8 @@
 """Tasks: where examples come from (local data files or seeded generators), chosen by name.
 
 Registry (:data:`TASKS`): ``gsm8k``, ``math``, ``aime``, ``countdown``, ``sudoku`` (4x4 and 9x9),
-``code`` (HumanEval, MBPP and KodCode layouts). Each reads rows with the public datasets' field
+``code`` (HumanEval, MBPP and KodCode layouts), and the synthetic ``copy`` / ``add`` for the tiny
+model. Each reads rows with the public datasets' field
 names (see the per-task modules) from JSONL, Parquet, CSV or a ``save_to_disk`` directory; countdown
 and sudoku can also be generated. Prompts are rendered by :mod:`actors.tasks.prompts`; completions
 are scored by :mod:`actors.rewards` (same task names). The SFT toy tasks ``copy`` / ``add`` live in
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from actors.tasks import code, maths, puzzles
+from actors.tasks import code, maths, puzzles, synthetic
 from actors.tasks.loading import Row, read_rows
 from system.errors import ConfigError, DataError
 from system.types import Example
@@ -83,6 +84,14 @@ def _generate_sudoku(cfg: DataConfig, n_train: int, n_test: int) -> tuple[list[E
     return out[0], out[1]
 
 
+def _generate_synthetic(task: str) -> Callable[[DataConfig, int, int], tuple[list[Example], list[Example]]]:
+    def generate(cfg: DataConfig, n_train: int, n_test: int) -> tuple[list[Example], list[Example]]:
+        train, test = synthetic.train_test(task, n_train, n_test, cfg.seed)
+        return synthetic.as_examples(train, task), synthetic.as_examples(test, task)
+
+    return generate
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("gsm8k", "grade-school math word problems (question / answer with '####')",
          lambda row, _: maths.gsm8k_example(row)),
@@ -95,6 +104,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          _generate_sudoku),
     Task("code", "Python functions checked by tests (HumanEval, MBPP, KodCode layouts)",
          lambda row, opts: code.code_example(row, opts.code_format, opts.max_test_cases)),
+    Task("copy", "synthetic: repeat a digit string (prompt / answer); the tiny model learns it in minutes",
+         lambda row, _: synthetic.synthetic_row(row, "copy"), _generate_synthetic("copy")),
+    Task("add", "synthetic: the sum of two numbers below 50 (prompt / answer)",
+         lambda row, _: synthetic.synthetic_row(row, "add"), _generate_synthetic("add")),
 )}
 
 

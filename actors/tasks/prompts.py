@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 LAYOUT = "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 LAYOUT_BOXED = "<reasoning>\n...\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
 BOXED_BY_DEFAULT = ("math", "aime")
+PLAIN_TASKS = ("copy", "add")  # synthetic tasks: the prompt text alone, as the tiny model's SFT saw it
 PREFILL = "<reasoning>\n"
 
 
@@ -55,6 +56,8 @@ def instructions(task: str, boxed: bool) -> str:
 
 
 def user_message(example: Example, style: PromptStyle = PromptStyle()) -> str:
+    if example.task in PLAIN_TASKS:
+        return example.prompt
     return instructions(example.task, style.wants_boxed(example.task)) + "\n\n" + example.prompt
 
 

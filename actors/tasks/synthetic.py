@@ -1,11 +1,18 @@
 """Tiny synthetic tasks that the built-in model can learn on a CPU in minutes: ``copy`` (repeat a digit
-string) and ``add`` (sum of two small numbers). Seeded and reproducible; used by SFT tests and the
-foundation demo until the real task registry (math, countdown, sudoku, code) lands."""
+string) and ``add`` (sum of two small numbers). Seeded and reproducible. They serve SFT (as
+`TextExample`s) and RL (as registered tasks whose prompt is the plain text, no format instructions,
+scored by ``actors.rewards.synthetic``)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from system.types import Example
+
+if TYPE_CHECKING:
+    from actors.tasks.loading import Row
 
 
 @dataclass(frozen=True)
@@ -47,3 +54,14 @@ def train_test(task: str, num_train: int, num_test: int, seed: int) -> tuple[lis
             seen.add(ex.prompt)
     train = [ex for ex in pool[:num_train] if ex.prompt not in seen]
     return train, test
+
+
+def as_examples(items: list[TextExample], task: str) -> list[Example]:
+    """The RL form: the answer becomes the reference the ``copy`` / ``add`` reward checks."""
+    return [Example(task, item.id, item.prompt, {"answer": item.completion}) for item in items]
+
+
+def synthetic_row(row: Row, task: str) -> Example:
+    """A JSONL row ``{"prompt", "answer"}`` (``completion`` also accepted) of a synthetic task."""
+    return Example(task, str(row.data.get("id", row.number)), row.text("prompt"),
+                   {"answer": row.text("answer", "completion")})
