@@ -50,6 +50,12 @@ class RolloutWorker:
         state, version = transport.receive(min_version=min_version)
         return self.set_weights(state, version)
 
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
     def get_version(self) -> int:
         return self.version.version
 

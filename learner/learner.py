@@ -21,6 +21,7 @@ import hashlib
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from learner.diagnostics import SpikeDetector
 from learner.estimators import estimator_from_config
 from learner.losses import build_loss
 from system.config import Config
+from system.errors import CheckpointError
 from system.models.build import build_policy, save_policy
 from system.types import RolloutGroup
 
@@ -214,6 +216,27 @@ class Learner:
         if self.rank != 0:
             return None
         return transport.publish(state, version).checksum
+
+    def save_checkpoint(self, path: str) -> str:
+        """Model, optimizer, LR schedule (DeepSpeed's checkpoint) and the learner's own counters;
+        every rank calls it."""
+        client = {"updates": self.updates, "spikes": self.spikes.state_dict()}
+        self.engine.save_checkpoint(path, tag="learner", client_state=client)
+        return path
+
+    def load_checkpoint(self, path: str) -> int:
+        """Restore what ``save_checkpoint`` wrote; returns the number of updates done."""
+        if not (Path(path) / "learner").is_dir():
+            raise CheckpointError(f"{path}: no learner checkpoint (expected {path}/learner from a stabledrl run)")
+        try:
+            _, client = self.engine.load_checkpoint(path, tag="learner")
+        except RuntimeError as e:  # e.g. the weights of another model
+            raise CheckpointError(f"{path}: the learner checkpoint does not fit this model: {e}") from e
+        if client is None:
+            raise CheckpointError(f"{path}: the learner checkpoint could not be read")
+        self.updates = int(client["updates"])
+        self.spikes.load_state_dict(client["spikes"])
+        return self.updates
 
     def save_policy(self, path: str) -> str:
         """Save the policy in HF format (rank 0 writes)."""

@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     from system.driver import train
 
-    print(json.dumps(train(cfg)))
+    print(json.dumps(train(cfg, resume=args.resume)))
     return 0
 
 
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RL training (local or Ray mode, from cluster.mode)")
     _config_args(p, required=True)
     p.add_argument("--run-dir", default=None, help="run directory (default: output_dir of the config)")
+    p.add_argument("--resume", default=None, help="a RUN_DIR/checkpoints/step-N directory to continue from")
     p.set_defaults(func=cmd_train)
 
     from actors.tasks.cli import add_data_parser

@@ -18,17 +18,19 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from actors.reward_worker import RewardWorker
 from actors.rollout_worker import RolloutWorker
 from actors.tasks import load_task_data
 from learner.learner import Learner
-from system.buffer import RolloutBuffer
+from system.buffer import BufferStats, RolloutBuffer
 from system.config import Config, dump_config
-from system.errors import ConfigError
+from system.errors import CheckpointError, ConfigError
 from system.progress import Progress
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
@@ -151,59 +153,108 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: Config, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run ``rollout.steps`` RL steps; returns a summary (also the last line of metrics.jsonl)."""
+@dataclass
+class RunState:
+    """What the driver itself must restore on resume (the workers save their own parts)."""
+
+    step: int = 0
+    version: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
+                    path: Path) -> Path:
+    """Learner (model, optimizer, schedule, counters), rollout RNG states, sampler cursor, version and
+    metric history under ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    workers.learner.call("save_checkpoint", str(path))
+    torch.save({"rollout_rng": workers.rollout.call("rng_state"), "sampler": sampler.state()},
+               path / "driver_rng.pt")
+    (path / "driver.json").write_text(json.dumps({"step": state.step, "version": state.version,
+                                                  "history": state.history, "buffer": asdict(buffer.stats)}))
+    return path
+
+
+def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
+                    path: Path) -> RunState:
+    meta = path / "driver.json"
+    if not meta.is_file():
+        raise CheckpointError(f"{path}: not a stabledrl run checkpoint (no driver.json); pass a "
+                              "RUN_DIR/checkpoints/step-N directory to --resume")
+    saved = json.loads(meta.read_text())
+    state = RunState(int(saved["step"]), int(saved["version"]), list(saved["history"]))
+    buffer.stats = BufferStats(**saved["buffer"])
+    workers.learner.call("load_checkpoint", str(path))
+    rng = torch.load(path / "driver_rng.pt", weights_only=False)
+    for i, rng_state in enumerate(rng["rollout_rng"][: workers.rollout.size]):
+        workers.rollout.call_one(i, "set_rng_state", rng_state)
+    sampler.load_state(rng["sampler"])
+    publish(workers, transport, state.version)  # the rollout workers start from the restored policy
+    return state
+
+
+def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
+            groups: list[RolloutGroup], sampler: PromptSampler) -> tuple[dict[str, Any], Any]:
+    """Score, admit, learn on one batch; in async mode also start generating the next one. Returns
+    the step's metrics and the pending generation (or None)."""
+    metrics: dict[str, Any] = {"step": state.step, **score(workers, groups), **rollout_metrics(groups)}
+    buffer.add(groups, state.version)
+    batch = buffer.take(cfg.rollout.prompts_per_step, state.version)
+    if batch is None:
+        raise RuntimeError(f"step {state.step}: the buffer holds {len(buffer)} admissible groups, "
+                           f"fewer than rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+    pending = None
+    if cfg.rollout.mode == "async" and state.step < cfg.rollout.steps and cfg.rollout.max_staleness >= 1:
+        pending = workers.rollout.map_async("generate", [c for c in split(
+            sampler.next(cfg.rollout.prompts_per_step), workers.rollout.size) if c])
+    metrics.update(average(workers.learner.map("train_on", split(batch, workers.learner.size))))
+    metrics["system/staleness_max"] = float(max(state.version - g.policy_version for g in batch))
+    metrics["system/groups_admitted"] = float(buffer.stats.admitted)
+    return metrics, pending
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Run RL steps up to ``rollout.steps`` (continuing a checkpoint with ``resume``); returns a summary."""
     run = Path(run_dir or cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
     log = MetricsLog(run / "metrics.jsonl")
-    train_set, _ = load_task_data(cfg.data)
-    sampler = PromptSampler(train_set, cfg.seed)
+    sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
     workers = build_workers(cfg)
     transport = build_weight_transport(cfg)
     buffer = RolloutBuffer(cfg.rollout.max_staleness)
-    version, steps = 0, cfg.rollout.steps
-    bar = Progress(steps, "rl", cfg.logging.progress)
-    history: list[dict[str, Any]] = []
     try:
+        state = load_checkpoint(workers, transport, sampler, buffer, Path(resume)) if resume else RunState()
+        bar = Progress(cfg.rollout.steps - state.step, "rl", cfg.logging.progress)
         pending = None
-        for step in range(1, steps + 1):
+        while state.step < cfg.rollout.steps:
+            state.step += 1
             t0 = time.monotonic()
             groups = pending if pending is not None else generate(workers, sampler.next(cfg.rollout.prompts_per_step))
             t_gen = time.monotonic() - t0
-            metrics = {"step": step, "timing/generation": t_gen, **score(workers, groups), **rollout_metrics(groups)}
-            buffer.add(groups, version)
-            batch = buffer.take(cfg.rollout.prompts_per_step, version)
-            if batch is None:
-                raise RuntimeError(f"step {step}: the buffer holds {len(buffer)} admissible groups, "
-                                   f"fewer than rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
-            pending = None
-            if cfg.rollout.mode == "async" and step < steps and cfg.rollout.max_staleness >= 1:
-                pending = workers.rollout.map_async("generate", [c for c in split(
-                    sampler.next(cfg.rollout.prompts_per_step), workers.rollout.size) if c])
-            shards = split(batch, workers.learner.size)
-            results = workers.learner.map("train_on", shards)
-            metrics.update(average(results))
-            metrics["system/staleness_max"] = float(max(version - g.policy_version for g in batch))
-            version += 1
-            if version % cfg.rollout.publish_every == 0 or step == steps:
-                metrics.update(publish(workers, transport, version))
-            if pending is not None:
-                pending = [g for part in pending.result() for g in part]
-            metrics["timing/step_total"] = time.monotonic() - t0
-            metrics["system/rollout_restarts"] = float(workers.rollout.restarts())
-            metrics["system/reward_restarts"] = float(workers.reward.restarts())
+            metrics, future = rl_step(cfg, workers, buffer, state, groups, sampler)
+            state.version += 1
+            if state.version % cfg.rollout.publish_every == 0 or state.step == cfg.rollout.steps:
+                metrics.update(publish(workers, transport, state.version))
+            pending = None if future is None else [g for part in future.result() for g in part]
+            metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
+                            "system/rollout_restarts": float(workers.rollout.restarts()),
+                            "system/reward_restarts": float(workers.reward.restarts())})
             log.write(metrics)
-            history.append(metrics)
+            state.history.append(metrics)
             bar.update(reward=metrics["rollout/reward_mean"])
+            every = cfg.rollout.checkpoint_every
+            if every and state.step % every == 0 and state.step < cfg.rollout.steps:
+                save_checkpoint(workers, state, sampler, buffer, run / "checkpoints" / f"step-{state.step}")
         bar.close()
-        final = run / "final"
-        workers.learner.call_one(0, "save_policy", str(final))
+        workers.learner.call_one(0, "save_policy", str(run / "final"))
     finally:
         workers.shutdown()
         transport.close()
-    summary = {"steps": steps, "version": version, "checkpoint": str(run / "final"),
-               "reward_first": history[0]["rollout/reward_mean"], "reward_last": history[-1]["rollout/reward_mean"]}
+    history = state.history
+    summary = {"steps": state.step, "version": state.version, "checkpoint": str(run / "final"),
+               "reward_first": history[0]["rollout/reward_mean"] if history else None,
+               "reward_last": history[-1]["rollout/reward_mean"] if history else None}
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

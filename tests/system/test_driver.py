@@ -54,3 +54,26 @@ def test_async_mode_respects_max_staleness(tmp_path: Path) -> None:
     lags = [m["system/staleness_max"] for m in metrics]
     assert max(lags) <= 1.0
     assert lags[0] == 0.0 and 1.0 in lags  # step 1 is on-policy; later steps train one version behind
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """3 uninterrupted steps vs 2 steps, a checkpoint, and a resumed 3rd step: same step-3 metrics."""
+    _, straight = run(tmp_path / "straight")
+    run(tmp_path / "first", "rollout.steps=2", "rollout.checkpoint_every=1")
+    cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'resumed'}"])
+    summary = train(cfg, resume=tmp_path / "first" / "checkpoints" / "step-1")
+    resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 3 and [m["step"] for m in resumed] == [2, 3]
+    for want, got in zip(straight[1:], resumed):
+        for key, value in want.items():
+            if key.startswith("timing/"):
+                continue
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_resume_from_a_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
+    from system.errors import CheckpointError
+
+    cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}"])
+    with pytest.raises(CheckpointError, match="not a stabledrl run checkpoint"):
+        train(cfg, resume=tmp_path / "nowhere")
