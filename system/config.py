@@ -249,7 +249,9 @@ class LearnerConfig(Section):
 
 class AlgorithmConfig(Section):
     name: Literal["stabledrl", "grpo", "agrpo", "diffu_grpo"] = Field("stabledrl")
-    estimator: Literal["elbo", "mean_field", "spg", "agrpo"] = Field("elbo")
+    estimator: Literal["elbo", "mean_field", "spg", "agrpo", "staircase_elbo"] = Field(
+        "elbo", description="Likelihood / ratio estimator; staircase_elbo needs a block-attention model."
+    )
     num_mc_samples: int = Field(2, ge=1, description="Monte Carlo samples K of the likelihood estimate.")
     clip_low: float | None = Field(None, ge=0.0, description="Lower clip bound on the ratio (None = none).")
     clip_high: float | None = Field(5.0, gt=0.0, description="Upper clip bound on the ratio.")
@@ -293,6 +295,12 @@ class AlgorithmConfig(Section):
     )
     estimator_chunk_rows: int | None = Field(
         None, ge=1, description="Most rows per estimator forward pass (None: all K samples in one pass)."
+    )
+    staircase_layout: Literal["one_pass", "per_block"] = Field(
+        "one_pass",
+        description="staircase_elbo (block models; uses num_mc_samples, elbo_weighting, t_sampling, one noise "
+        "level per block; coupling auto = independent): one_pass scores every block in one staircase pass; "
+        "per_block runs one block-causal pass per block (same values, slower: for checks).",
     )
 
     # Policy losses, advantages and instability diagnostics (learner/losses, learner/advantages,
@@ -444,6 +452,11 @@ class SFTConfig(Section):
     )
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_examples: int = Field(64, ge=0, description="Test examples decoded after training (0: skip).")
+    block_staircase: bool = Field(
+        False, description="Block-attention models: one staircase pass with an independent noise level per "
+        "block (each block conditioned on the clean earlier blocks, as generation sees them) instead of one "
+        "level for the whole completion; needs model.tiny.attention: block or a block checkpoint."
+    )
 
 
 class Config(Section):

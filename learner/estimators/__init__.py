@@ -5,7 +5,9 @@
   complementary masks between the new and old policy;
 - ``spg``: SPG block-random masking, with the EUBO surrogate for negative advantages in ``extras``;
 - ``agrpo``: per-step likelihoods of recorded trajectories at k sampled steps (uniform or entropy
-  importance sampling), old log-probs from generation time.
+  importance sampling), old log-probs from generation time;
+- ``staircase_elbo``: block-diffusion models: every block scored at its own noise level in one pass of
+  the staircase layout.
 
 Each takes an explicit ``torch.Generator`` and never touches the global RNG. See `base` for the
 contract (`EstimatorBatch` in, `LikelihoodEstimate` out).
@@ -27,10 +29,12 @@ from learner.estimators.base import (
 from learner.estimators.elbo import ElboEstimator
 from learner.estimators.mean_field import MeanFieldEstimator
 from learner.estimators.spg import SpgEstimator
+from learner.estimators.staircase import StaircaseElboEstimator
 from system.config import AlgorithmConfig, DecodingConfig
 
 ESTIMATORS: dict[str, type[LikelihoodEstimator]] = {
-    cls.name: cls for cls in (MeanFieldEstimator, ElboEstimator, SpgEstimator, AgrpoEstimator)
+    cls.name: cls
+    for cls in (MeanFieldEstimator, ElboEstimator, SpgEstimator, AgrpoEstimator, StaircaseElboEstimator)
 }
 
 
@@ -60,6 +64,9 @@ def estimator_from_config(algorithm: AlgorithmConfig, decoding: DecodingConfig) 
         return get_estimator(name, num_samples=algorithm.num_mc_samples, block_size=algorithm.spg_block_size,
                              clean_mask_prob=algorithm.spg_clean_mask_prob, beta=algorithm.eubo_beta,
                              mix_weight=algorithm.spg_mix_weight, **common)
+    if name == "staircase_elbo":
+        return get_estimator(name, num_samples=algorithm.num_mc_samples, weighting=algorithm.elbo_weighting,
+                             t_sampling=algorithm.t_sampling, layout=algorithm.staircase_layout, **common)
     if decoding.cfg_scale > 0:
         raise ValueError(
             f"estimator 'agrpo' cannot score guided generation (decoding.cfg_scale = {decoding.cfg_scale}); "
@@ -80,6 +87,7 @@ __all__ = [
     "LikelihoodEstimator",
     "MeanFieldEstimator",
     "SpgEstimator",
+    "StaircaseElboEstimator",
     "batch_from_decode",
     "estimator_from_config",
     "get_estimator",
