@@ -26,16 +26,23 @@ second runtime env would conflict with it.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from system.config import ClusterConfig
 from system.errors import ConfigError
 
-__all__ = ["ClusterConnectError", "PROJECT_ROOT", "connect", "is_connected", "shutdown", "worker_runtime_env"]
+__all__ = ["ClusterConnectError", "LocalHead", "PROJECT_ROOT", "connect", "is_connected", "shutdown",
+           "worker_runtime_env"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("system", "actors", "learner")
@@ -137,25 +144,25 @@ def connect(cfg: ClusterConfig, *, extra_pythonpath: Sequence[str | Path] = (), 
         source, joining = "RAY_ADDRESS", os.environ["RAY_ADDRESS"]
     if joining is not None:
         check_reachable(joining, cfg.connect_timeout_s, source)
+    target = _split(joining) if joining is not None else None
+    if joining is None or (target is not None and target[0] in LOCAL_HOSTS):
+        _loopback_only()  # else Ray rewrites 127.0.0.1 (ours, or the address to join) to the routable IP
     _set_auth_mode(cfg.auth_mode)
     runtime_env = worker_runtime_env(joining, extra_pythonpath)
     common: dict[str, Any] = {"namespace": cfg.namespace, "runtime_env": runtime_env, "log_to_driver": log_to_driver}
     if joining is None:
-        _loopback_only()
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=cfg.num_cpus,
                  num_gpus=cfg.num_gpus,
                  object_store_memory=None if cfg.object_store_mb is None else cfg.object_store_mb * 2**20, **common)
         return
     try:
         ray.init(address=joining, **common)
-    except Exception as err:
-        if type(err).__name__ == "AuthenticationError" or "authenticat" in str(err).lower():
-            raise ClusterConnectError(
-                f"{source} = {joining!r}: the cluster refused this process's credentials ({err}); with token "
-                "authentication, copy the head's token (~/.ray/auth_token) here or set RAY_AUTH_TOKEN, and keep "
-                "cluster.auth_mode: token") from None
-        raise ClusterConnectError(f"{source} = {joining!r}: could not join the Ray cluster: "
-                                  f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # Ray reports a refused token as a plain ConnectionError
+        raise ClusterConnectError(
+            f"{source} = {joining!r}: could not join the Ray cluster ({type(err).__name__}: {err}). A head with "
+            f"token authentication (Ray's default) needs this process to have its token (RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, as printed by `ray get-auth-token` on the head) and "
+            f"cluster.auth_mode: token (now {cfg.auth_mode!r})") from err
 
 
 def shutdown() -> None:
@@ -173,3 +180,99 @@ def shutdown() -> None:
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         else:
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
+
+
+# ------------------------------------------------------------------------------------------- a local head
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray_cli() -> str:
+    beside = Path(sys.executable).with_name("ray")  # the ray of this interpreter's environment
+    found = str(beside) if beside.is_file() else shutil.which("ray")
+    if found is None:
+        raise FileNotFoundError("the `ray` command is not installed beside this Python (pip install 'ray[default]')")
+    return found
+
+
+@dataclass
+class LocalHead:
+    """A Ray head on 127.0.0.1 with token authentication, run as ``ray start --head --block``: the
+    documented head of deploy/README.md, as a child process (tests, ``ray job submit`` on one machine).
+
+    ``stop()`` sends SIGTERM to that one process, which drains and stops exactly the Ray processes it
+    started; ``ray stop`` would kill every Ray process of the machine, other people's included. Ports
+    are picked free and the temp dir is private, so several heads can run side by side.
+    """
+
+    process: subprocess.Popen
+    port: int
+    dashboard_port: int
+    temp_dir: Path
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``cluster.address``)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The job-submission address (``ray job submit --address``)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @classmethod
+    def start(cls, num_cpus: int = 2, timeout_s: float = 180.0, temp_dir: str | Path | None = None) -> LocalHead:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        ray = _ray_cli()
+        # Creates ~/.ray/auth_token when no token exists yet (an existing RAY_AUTH_TOKEN / file is kept).
+        subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+        root = Path(temp_dir) if temp_dir is not None else Path(tempfile.mkdtemp(prefix="ray-head-", dir="/tmp"))
+        port, dashboard_port = _free_port(), _free_port()
+        command = [ray, "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
+                   "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+                   "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+                   "--num-cpus", str(num_cpus), "--temp-dir", str(root)]
+        log_path = root / "head.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        head = cls(process, port, dashboard_port, root, log_path)
+        head._wait_ready(timeout_s)
+        return head
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Until the dashboard (which serves job submission) accepts connections."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {self.process.returncode}; its log "
+                                   f"{self.log_path}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.dashboard_port), timeout=1.0):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the Ray head did not serve its dashboard within {timeout_s:g} s; log {self.log_path}")
+
+    def stop(self, timeout_s: float = 90.0) -> int | None:
+        """SIGTERM to the head process (by its pid); waits for it to drain and exit. Returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        return self.process.returncode
+
+    def __enter__(self) -> LocalHead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -259,3 +259,45 @@ def test_runtime_env_makes_the_project_importable() -> None:
     remote = ray_cluster.worker_runtime_env("10.0.0.5:6379")  # only computed: nothing is contacted
     assert remote is not None and "PYTHONPATH" not in remote["env_vars"]
     assert [Path(p).name for p in remote["py_modules"]] == ["system", "actors", "learner"]
+
+
+# ------------------------------------------------------------------------------------- ray job submit
+
+_JOB = ("from system.config import ClusterConfig; from system.workers import make_worker_group; "
+        "from tests.system.workers_fixture import Counter; "
+        "g = make_worker_group('rollout', Counter, 2, ClusterConfig(mode='ray', rollout_cpus=0.5), index_kwarg='start'); "
+        "print('RESULT', g.map('square', [1, 2, 3]), g.call('add', 1))")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_submit_helper_runs_jobs_on_a_token_auth_head_and_exits_with_their_status() -> None:
+    with ray_cluster.LocalHead.start(num_cpus=2) as head:
+        def submit(*entrypoint: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "deploy/submit.py", "--address", head.dashboard_url, "--", *entrypoint],
+                                  cwd=ray_cluster.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+        ok = submit("python", "-c", _JOB)  # the job's driver joins the head (RAY_ADDRESS) and builds a worker group
+        assert ok.returncode == 0, ok.stderr
+        # Counter(start=0), Counter(start=1): squares [1, 4, 9]; add 1 -> [0 + 1, 1 + 1]
+        assert "RESULT [1, 4, 9] [1, 2]" in ok.stdout and "SUCCEEDED" in ok.stderr
+        failed = submit("python", "-c", "import sys; sys.exit(3)")
+        assert failed.returncode == 1 and "FAILED (Job entrypoint command failed with exit code 3" in failed.stderr
+        unauthorised = subprocess.run([sys.executable, "deploy/submit.py", "--auth", "disabled", "--address",
+                                       head.dashboard_url, "--", "python", "-c", "print(1)"],
+                                      cwd=ray_cluster.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert unauthorised.returncode == 2 and "Unauthorized" in unauthorised.stderr  # token auth is on
+    assert head.process.poll() is not None and not _processes_using(head.temp_dir)  # stopped, all of it
+
+
+def _processes_using(temp_dir: Path) -> list[str]:
+    """Command lines (read from /proc) that name ``temp_dir``: the head's Ray processes still alive."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if str(temp_dir) in text:
+            found.append(text)
+    return found
