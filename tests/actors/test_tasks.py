@@ -30,8 +30,8 @@ def write_jsonl(path, rows):
 
 
 def test_registry_names_and_unknown_task():
-    assert task_names() == ["aime", "code", "countdown", "gsm8k", "math", "sudoku"]
-    with pytest.raises(ConfigError, match="unknown task 'gsm9k'; known tasks: aime, code, countdown, gsm8k, math"):
+    assert task_names() == ["add", "aime", "code", "copy", "countdown", "gsm8k", "math", "sudoku"]
+    with pytest.raises(ConfigError, match="unknown task 'gsm9k'; known tasks: add, aime, code, copy, countdown, gsm8k"):
         get_task("gsm9k")
 
 
