@@ -436,6 +436,41 @@ class LoggingConfig(Section):
     tags: list[str] = Field(default_factory=list)
     log_every: int = Field(10, ge=1, description="Steps between log lines.")
     progress: bool = Field(True, description="Show progress bars (plain lines when not a terminal).")
+    # Metrics, wandb, samples, histograms and the KL-drift probe (system/monitoring).
+    dir: str | None = Field(
+        None, description="Directory wandb writes under (as DIR/wandb); None: the run directory."
+    )
+    table_every: int = Field(
+        50, ge=0, le=1_000_000, description="Log a table of sample completions every n steps (0: never); tables "
+        "every step slow training, so keep it sparse."
+    )
+    table_rows: int = Field(8, ge=1, le=10_000, description="Sample completions per table at most.")
+    table_max_chars: int = Field(
+        2000, ge=16, le=1_000_000, description="Longer sample texts are cut to this many characters."
+    )
+    histogram_every: int = Field(
+        10, ge=0, le=1_000_000, description="Log histograms (ratios, advantages, rewards) every n steps (0: never)."
+    )
+    histogram_bins: int = Field(32, ge=2, le=512, description="Bins per histogram.")
+    publish_dashboard: bool = Field(
+        True, description="wandb online: save the reward-collapse dashboard as a workspace view of the project "
+        "at start (needs the wandb-workspaces package; a failure is a warning, never a stopped run)."
+    )
+    kl_probe_size: int = Field(
+        8, ge=0, le=4096, description="KL drift probe: fixed sequences whose masked-token distributions are "
+        "compared with the initial policy's (0: no probe)."
+    )
+    kl_probe_every: int = Field(10, ge=1, le=1_000_000, description="KL drift probe: measure every n steps.")
+    kl_probe_mask_ratio: float = Field(
+        0.5, gt=0.0, le=1.0, description="KL drift probe: share of completion tokens masked (fixed once, by "
+        "kl_probe_seed; at least one per sequence)."
+    )
+    kl_probe_samples: int = Field(
+        8, ge=1, le=100_000, description="KL drift probe: tokens drawn per masked position from the initial "
+        "policy (the fixed samples of the k3 estimate of KL(initial || current))."
+    )
+    kl_probe_seed: int = Field(0, description="KL drift probe: seed of the fixed mask and the fixed samples.")
+
 
 
 class SFTConfig(Section):
@@ -459,6 +494,70 @@ class SFTConfig(Section):
     )
 
 
+MonitorAction = Literal["alert", "stop", "rollback"]
+
+
+class MonitorConfig(Section):
+    """The collapse monitor (system/monitoring/monitor.py): detectors over each RL step's metrics, and what
+    a firing does. alert: a wandb alert and a log line; stop: checkpoint, then exit non-zero with the
+    reason; rollback: restore the last good checkpoint (saved at a step where no detector was in alarm),
+    scale the learning rate by rollback_lr_scale and continue (a stop when there is no good checkpoint,
+    or after max_rollbacks). A detector's own action, when set, overrides ``action``."""
+
+    enabled: bool = Field(True, description="Run the detectors (metrics are logged either way).")
+    action: MonitorAction = Field("alert", description="What a firing does, for detectors without their own action.")
+    reward_key: str = Field(
+        "rollout/reward_mean", min_length=1, description="Reward collapse: the metric watched (canonical name)."
+    )
+    reward_window: int = Field(
+        10, ge=1, le=100_000, description="Reward collapse: steps in the moving average (the detector arms once "
+        "it has this many)."
+    )
+    reward_drop: float | None = Field(
+        0.2, gt=0.0, description="Reward collapse: fires when the moving average falls more than this below its "
+        "running best (absolute, in reward units); re-arms after recovering to within half of it. None: off."
+    )
+    reward_action: MonitorAction | None = Field(None, description="Reward collapse: action (None: action).")
+    grad_spike_factor: float | None = Field(
+        10.0, gt=1.0, le=1e9, description="Gradient spike: fires when grad/pre_clip_norm exceeds this times the "
+        "rolling median of earlier steps' norms. None: off."
+    )
+    grad_spike_window: int = Field(50, ge=1, le=100_000, description="Gradient spike: norms in the rolling median.")
+    grad_spike_min_history: int = Field(
+        10, ge=1, le=100_000, description="Gradient spike: norms recorded before the detector arms (<= window)."
+    )
+    grad_spike_action: MonitorAction | None = Field(None, description="Gradient spike: action (None: action).")
+    ratio_max: float | None = Field(
+        1e4, gt=1.0, description="Ratio blow-up: fires when ratio/max (the largest estimated ratio) exceeds this. "
+        "None: off."
+    )
+    log_ratio_std_max: float | None = Field(
+        5.0, gt=0.0, description="Ratio blow-up: fires when ratio/log_std (the log-ratio noise) exceeds this. "
+        "None: off."
+    )
+    ratio_action: MonitorAction | None = Field(None, description="Ratio blow-up: action (None: action).")
+    nonfinite: bool = Field(True, description="Fire when any metric is NaN or infinite.")
+    nonfinite_ignore: list[str] = Field(
+        default_factory=list, description="Metric names (fnmatch patterns, e.g. 'kl/*') the NaN check skips."
+    )
+    nonfinite_action: MonitorAction = Field(
+        "rollback", description="NaN / inf: action (rollback; a stop when no good checkpoint exists)."
+    )
+    rollback_lr_scale: float = Field(
+        0.5, gt=0.0, le=1.0, description="Rollback: multiply the learning rate by this (1: keep it)."
+    )
+    max_rollbacks: int = Field(
+        3, ge=0, le=1000, description="Rollbacks allowed in a run; a rollback past this many is a stop."
+    )
+
+    @model_validator(mode="after")
+    def _check_monitor(self) -> MonitorConfig:
+        if self.grad_spike_min_history > self.grad_spike_window:
+            raise ValueError(f"grad_spike_min_history ({self.grad_spike_min_history}) must be at most "
+                             f"grad_spike_window ({self.grad_spike_window}); lower it or widen the window")
+        return self
+
+
 class Config(Section):
     """A whole run."""
 
@@ -474,6 +573,7 @@ class Config(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
 
 # --------------------------------------------------------------------------- loading
