@@ -8,6 +8,10 @@ is masked with probability t; the prompt is never masked and gets no loss. Loss 
   normalised by the completion length L as in LLaDA);
 - ``mean``:  the per-token mean of -log p over every masked token of the batch.
 
+With ``sft.block_staircase`` (block-attention models) every block b of the completion gets its own
+t_b ~ U(0, 1], and one staircase pass (``system.staircase``) scores each block given the clean earlier
+blocks, as block decoding sees them; ``elbo`` then weights each masked token by 1 / (t_b L).
+
 AdamW, linear warm-up then cosine decay, global-norm gradient clipping, checkpoints in HF format,
 ``metrics.jsonl`` in the run directory, and a greedy evaluation on held-out examples at the end.
 """
@@ -26,12 +30,14 @@ from transformers import PreTrainedTokenizerBase
 
 from actors.generate import chat_prompt_ids, generate_texts
 from actors.tasks.synthetic import TextExample, train_test
+from learner.estimators.staircase import align_prompt, block_size_of
 from system.config import Config, DataConfig, dump_config
 from system.data import DataError, read_jsonl
 from system.diffusion import forward_mask, left_pad, positions_from_padding, sample_t
 from system.models.base import DiffusionModel
 from system.models.build import build_policy, save_policy
 from system.progress import Progress
+from system.staircase import staircase_logits
 
 
 @dataclass
@@ -77,23 +83,47 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> SFTBatch:
     return SFTBatch(prompt_ids, prompt_mask, torch.tensor([r[1] for r in rows], dtype=torch.long))
 
 
+def block_staircase_logits(
+    model: DiffusionModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Block SFT input: every block of ``target [B, L]`` masked at its own level t_b ~ U(0, 1], scored in
+    one staircase pass (each block given the clean earlier blocks). Returns ``(logits [B, L, V], masked
+    [B, L], t of each token's block [B, L])``."""
+    bsz, length = target.shape
+    block = block_size_of(model.spec, length, "sft.block_staircase", "set sft.block_staircase: false")
+    t = sample_t(bsz * (length // block), generator).to(target.device)
+    blocks = target.reshape(-1, block)
+    noisy, masked = forward_mask(blocks, t, torch.ones_like(blocks, dtype=torch.bool), model.mask_token_id, generator)
+    prompt_ids, prompt_mask = align_prompt(prompt_ids, prompt_mask, block, model.spec.pad_token_id)
+    logits = staircase_logits(model, prompt_ids, prompt_mask, target, noisy.view(bsz, length), block_size=block)
+    return logits, masked.view(bsz, length), t.repeat_interleave(block).view(bsz, length)
+
+
 def sft_loss(
-    model: DiffusionModel, batch: SFTBatch, generator: torch.Generator, weighting: str = "elbo"
+    model: DiffusionModel, batch: SFTBatch, generator: torch.Generator, weighting: str = "elbo",
+    block_staircase: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Masked-diffusion loss on completion tokens only (see the module docstring for the formulas)."""
+    """Masked-diffusion loss on completion tokens only (see the module docstring for the formulas);
+    ``block_staircase``: one noise level per block, see `block_staircase_logits`."""
     device = model.device
     prompt_ids, prompt_mask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
     target = batch.completion.to(device)
     bsz, length = target.shape
-    t = sample_t(bsz, generator).to(device)
-    noisy, masked = forward_mask(target, t, torch.ones_like(target, dtype=torch.bool), model.mask_token_id, generator)
-    x = torch.cat([prompt_ids, noisy], dim=1)
-    attn = torch.cat([prompt_mask, torch.ones_like(noisy)], dim=1)
-    logits = model(x, attention_mask=attn, position_ids=positions_from_padding(attn))[:, prompt_ids.shape[1]:]
+    if block_staircase:
+        logits, masked, t = block_staircase_logits(model, prompt_ids, prompt_mask, target, generator)
+    else:
+        t = sample_t(bsz, generator).to(device)
+        noisy, masked = forward_mask(target, t, torch.ones_like(target, dtype=torch.bool), model.mask_token_id,
+                                     generator)
+        x = torch.cat([prompt_ids, noisy], dim=1)
+        attn = torch.cat([prompt_mask, torch.ones_like(noisy)], dim=1)
+        logits = model(x, attention_mask=attn, position_ids=positions_from_padding(attn))[:, prompt_ids.shape[1]:]
+        t = t[:, None]
     nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
     nll = nll.view(bsz, length) * masked
     if weighting == "elbo":
-        loss = (nll.sum(1) / (t * length)).mean()
+        loss = ((nll / t).sum(1) / length).mean()
     elif weighting == "mean":
         loss = nll.sum() / masked.sum().clamp(min=1)
     else:
@@ -146,7 +176,8 @@ def run_sft(cfg: Config) -> dict:
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics:
         for step in range(1, s.steps + 1):
             idx = torch.randint(len(rows), (s.batch_size,), generator=generator).tolist()
-            loss, stats = sft_loss(model, collate([rows[i] for i in idx], spec.pad_token_id), generator, s.loss_weighting)
+            loss, stats = sft_loss(model, collate([rows[i] for i in idx], spec.pad_token_id), generator,
+                                   s.loss_weighting, s.block_staircase)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
