@@ -165,6 +165,15 @@ class CollapseMonitor:
         self.last_step, self.last_step_clean = step, not events and not alarm
         return events
 
+    def nonfinite_failure(self, step: int, error: str) -> MonitorEvent:
+        """The event for a step that raised on a non-finite value before any metrics existed (the
+        learner's FloatingPointError on a NaN loss): a ``nonfinite`` firing with ``nonfinite_action``
+        resolved as for ``observe``; the step is not good."""
+        event = self._event(step, "nonfinite", f"non-finite value: {error}", {})
+        self.fired["nonfinite"] = self.fired.get("nonfinite", 0) + 1
+        self.last_step, self.last_step_clean = step, False
+        return event
+
     def _nonfinite(self, m: Mapping[str, float]) -> list[str]:
         return [k for k, v in m.items() if not math.isfinite(v)
                 and not any(fnmatch.fnmatchcase(k, p) for p in self.cfg.nonfinite_ignore)]

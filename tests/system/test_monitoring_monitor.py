@@ -207,6 +207,15 @@ def test_rollbacks_past_max_become_stops() -> None:
     assert second.action == "stop" and "1 rollbacks already (monitor.max_rollbacks=1)" in second.message
 
 
+def test_a_raised_nan_loss_is_a_nonfinite_event_and_not_a_good_step() -> None:
+    mon = monitor(reward_drop=None, grad_spike_factor=None)
+    assert mon.checkpoint_saved(0)
+    event = mon.nonfinite_failure(1, "non-finite policy loss nan at update 0")
+    assert (event.detector, event.step, event.action, event.rollback_to) == ("nonfinite", 1, "rollback", 0)
+    assert event.message == "non-finite value: non-finite policy loss nan at update 0; rolling back to step 0"
+    assert not mon.checkpoint_saved(1) and mon.fired == {"nonfinite": 1}
+
+
 def test_rolled_back_to_an_unknown_step_is_an_error() -> None:
     mon = monitor()
     with pytest.raises(ValueError, match=r"rolled_back\(7\): not a good checkpoint step .*known: \[\]"):
