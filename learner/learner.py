@@ -48,7 +48,10 @@ def init_distributed(backend: str = "gloo") -> None:
     import deepspeed
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if dist.is_initialized():  # e.g. a second learner in one process: DeepSpeed still reads the env
+        os.environ.setdefault("RANK", str(dist.get_rank()))
+        os.environ.setdefault("LOCAL_RANK", str(dist.get_rank()))
+        os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
         return
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
@@ -188,9 +191,9 @@ class Learner:
         self.model.eval()
         metrics = {f"loss/{k}": v / max(1, count) for k, v in sums.items()}
         metrics.update({
-            "rollout/reward_mean": float(tb.rewards.mean()), "rollout/reward_std": float(tb.rewards.std(unbiased=False)),
-            "rollout/zero_std_group_fraction": tb.num_zero_variance / tb.num_groups,
-            "rollout/advantage_abs_mean": float(tb.advantages.abs().mean()),
+            "train/reward_mean": float(tb.rewards.mean()),
+            "train/zero_std_group_fraction": tb.num_zero_variance / tb.num_groups,
+            "train/advantage_abs_mean": float(tb.advantages.abs().mean()),
             "grad/pre_clip_norm": max(grad_norms), "grad/spikes": float(spikes),
             "train/lr": float(self.scheduler.get_last_lr()[0]), "train/updates": float(self.updates),
             "timing/learner": time.monotonic() - start,

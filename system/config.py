@@ -170,6 +170,10 @@ class RolloutConfig(Section):
     weight_transport: Literal["auto", "inprocess", "ray", "filesystem"] = Field(
         "auto", description="How new weights reach the rollout workers; auto: inprocess locally, ray in Ray mode.")
     weight_dir: str | None = Field(None, description="Shared directory of the filesystem transport.")
+    debug_mode: Literal["none", "rollout_only", "train_only"] = Field(
+        "none", description="rollout_only: generate and score, dump groups to dump_path, no learner; "
+        "train_only: train from the groups of dump_path, no rollout workers.")
+    dump_path: str | None = Field(None, description="Rollout dump (JSONL); default RUN_DIR/rollouts.jsonl.")
 
 
 class RewardConfig(Section):
@@ -470,7 +474,6 @@ class LoggingConfig(Section):
         "policy (the fixed samples of the k3 estimate of KL(initial || current))."
     )
     kl_probe_seed: int = Field(0, description="KL drift probe: seed of the fixed mask and the fixed samples.")
-
 
 
 class SFTConfig(Section):

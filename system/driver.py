@@ -32,6 +32,7 @@ from system.buffer import BufferStats, RolloutBuffer
 from system.config import Config, dump_config
 from system.errors import CheckpointError, ConfigError
 from system.progress import Progress
+from system.rollout_io import dump_groups, load_groups
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
@@ -48,16 +49,31 @@ class Workers:
             group.shutdown()
 
 
+@dataclass
+class NoWorkers:
+    """Stands for a role a debug mode does not start: any call to it is a bug in the driver."""
+
+    role: str
+    size: int = 0
+
+    def restarts(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        pass
+
+
 def build_workers(cfg: Config) -> Workers:
-    c = cfg.cluster
+    c, mode = cfg.cluster, cfg.rollout.debug_mode
     ranks = c.num_learner_ranks
-    return Workers(
-        rollout=make_worker_group("rollout", RolloutWorker, cfg.rollout.num_actors, c, cfg,
-                                  index_kwarg="worker_index"),
-        reward=make_worker_group("reward", RewardWorker, cfg.reward.num_workers if c.mode == "ray" else 1, c,
-                                 cfg.reward),
-        learner=make_worker_group("learner", Learner, ranks, c, cfg, distributed=True),
-    )
+    rollout = (NoWorkers("rollout") if mode == "train_only" else
+               make_worker_group("rollout", RolloutWorker, cfg.rollout.num_actors, c, cfg, index_kwarg="worker_index"))
+    reward = (NoWorkers("reward") if mode == "train_only" else
+              make_worker_group("reward", RewardWorker, cfg.reward.num_workers if c.mode == "ray" else 1, c,
+                                cfg.reward))
+    learner = (NoWorkers("learner") if mode == "rollout_only" else
+               make_worker_group("learner", Learner, ranks, c, cfg, distributed=True))
+    return Workers(rollout=rollout, reward=reward, learner=learner)  # type: ignore[arg-type]
 
 
 class PromptSampler:
@@ -138,9 +154,13 @@ def publish(workers: Workers, transport: WeightTransport, version: int) -> dict[
 
 
 def rollout_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
+    """Statistics of scored groups: reward, length, zero-variance groups."""
     lengths = [r.decode_stats.get("length", 0.0) for g in groups for r in g.rollouts]
-    return {"rollout/completion_length": sum(lengths) / max(1, len(lengths)),
-            "rollout/groups": float(len(groups))}
+    rewards = torch.tensor([r.reward for g in groups for r in g.rollouts], dtype=torch.float64)
+    flat = sum(bool((g.rewards == g.rewards[0]).all()) for g in groups)
+    return {"rollout/completion_length": sum(lengths) / max(1, len(lengths)), "rollout/groups": float(len(groups)),
+            "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
+            "rollout/zero_std_group_fraction": flat / max(1, len(groups))}
 
 
 class MetricsLog:
@@ -213,12 +233,43 @@ def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunStat
     return metrics, pending
 
 
+def debug_loop(cfg: Config, run: Path, workers: Workers, log: MetricsLog) -> dict[str, Any]:
+    """``rollout_only``: generate, score and dump each step's groups. ``train_only``: learn from a dump,
+    ``rollout.prompts_per_step`` groups a step, in file order."""
+    dump = Path(cfg.rollout.dump_path or run / "rollouts.jsonl")
+    n, steps = cfg.rollout.prompts_per_step, 0
+    if cfg.rollout.debug_mode == "rollout_only":
+        sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
+        for steps in range(1, cfg.rollout.steps + 1):
+            groups = generate(workers, sampler.next(n))
+            metrics = {"step": steps, **score(workers, groups), **rollout_metrics(groups)}
+            dump_groups(dump, groups)
+            log.write(metrics)
+        return {"steps": steps, "dump": str(dump)}
+    replay = load_groups(dump)
+    for steps in range(1, cfg.rollout.steps + 1):
+        batch = [g for _, g in zip(range(n), replay)]
+        if len(batch) < n:
+            steps -= 1
+            break
+        metrics = {"step": steps, **average(workers.learner.map("train_on", split(batch, workers.learner.size)))}
+        log.write(metrics)
+    workers.learner.call_one(0, "save_policy", str(run / "final"))
+    return {"steps": steps, "dump": str(dump), "checkpoint": str(run / "final")}
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Run RL steps up to ``rollout.steps`` (continuing a checkpoint with ``resume``); returns a summary."""
     run = Path(run_dir or cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
     log = MetricsLog(run / "metrics.jsonl")
+    if cfg.rollout.debug_mode != "none":
+        workers = build_workers(cfg)
+        try:
+            return debug_loop(cfg, run, workers, log)
+        finally:
+            workers.shutdown()
     sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
     workers = build_workers(cfg)
     transport = build_weight_transport(cfg)

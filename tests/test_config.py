@@ -70,7 +70,7 @@ def test_unknown_nested_key_lists_keys_of_its_section() -> None:
 def test_unknown_top_level_key_lists_sections() -> None:
     msg = _error(["decode.steps=3"])
     assert "decode: unknown key" in msg
-    assert ("allowed keys here: algorithm, cluster, data, decoding, learner, logging, model, output_dir, "
+    assert ("allowed keys here: algorithm, cluster, data, decoding, learner, logging, model, monitor, output_dir, "
             "reward, rollout, seed, sft") in msg
 
 

@@ -77,3 +77,16 @@ def test_resume_from_a_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}"])
     with pytest.raises(CheckpointError, match="not a stabledrl run checkpoint"):
         train(cfg, resume=tmp_path / "nowhere")
+
+
+def test_rollout_only_then_train_only_replays_the_dump(tmp_path: Path) -> None:
+    summary, metrics = run(tmp_path / "gen", "rollout.debug_mode=rollout_only", "rollout.steps=2")
+    dump = Path(summary["dump"])
+    lines = dump.read_text().splitlines()
+    assert len(lines) == 4 and "rollout/reward_mean" in metrics[0]  # 2 steps x 2 groups
+    first = json.loads(lines[0])
+    assert len(first["rollouts"]) == 4 and "unmask_step" in first["rollouts"][0]
+    summary, metrics = run(tmp_path / "train", "rollout.debug_mode=train_only", f"rollout.dump_path={dump}")
+    assert summary["steps"] == 2 and len(metrics) == 2  # the dump holds 2 steps' worth
+    assert all(m["train/updates"] >= 1 for m in metrics)
+    assert (tmp_path / "train" / "final" / "config.json").is_file()
