@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ class WorkerGroup(ABC):
 
     @abstractmethod
     def shutdown(self) -> None:
-        """Stop the workers (idempotent)."""
+        """Call each worker's ``close()`` if its class has one, then stop the workers (idempotent)."""
 
     @abstractmethod
     def submit(self, method: str, *args: Any, **kwargs: Any) -> WorkerFuture:
@@ -299,7 +300,16 @@ class LocalWorkerGroup(WorkerGroup):
         return 0
 
     def shutdown(self) -> None:
-        self.workers = []
+        """Call each worker's ``close()`` if its class has one (failures become warnings), then drop them."""
+        workers, self.workers = self.workers, []
+        for i, worker in enumerate(workers):
+            close = getattr(worker, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as err:  # shutdown runs in finally blocks: never hide the error being unwound
+                    warnings.warn(f"{self.role}[{i}].close() failed: {type(err).__name__}: {err}", RuntimeWarning,
+                                  stacklevel=2)
         self._restore_env()
 
     def _restore_env(self) -> None:

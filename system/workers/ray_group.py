@@ -26,6 +26,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,12 @@ class _Host:
         """This node's IP (as Ray knows it) and a TCP port free on it: a rendezvous point for rank 0."""
         ip = ray.util.get_node_ip_address()
         return ip, free_port(ip)
+
+    def close(self) -> None:
+        """The worker's own ``close()``, if it has one (before the actor is killed)."""
+        close = getattr(self.instance, "close", None)
+        if callable(close):
+            close()
 
     def invoke(self, method: str, payload: tuple[tuple, dict]) -> tuple[str, Any]:
         args, kwargs = payload
@@ -171,7 +178,7 @@ class RayWorkerGroup(WorkerGroup):
             else:
                 self._start_workers(cfg, args, kwargs, extra, max_concurrency)
         except BaseException:
-            self.shutdown()
+            self._kill()  # no close(): the workers never (all) started
             raise
         _LIVE_GROUPS.add(self)
 
@@ -317,7 +324,20 @@ class RayWorkerGroup(WorkerGroup):
     def restarts(self) -> int:
         return self._restarts
 
-    def shutdown(self) -> None:
+    def shutdown(self, close_timeout_s: float = 30.0) -> None:
+        """Call each live worker's ``close()`` (if its class has one; failures become warnings, so they
+        never hide the error a ``finally:`` is unwinding), then kill the actors and free their resources."""
+        if self._actors and ray.is_initialized() and callable(getattr(self.cls, "close", None)):
+            refs = [actor.close.remote() for i, actor in enumerate(self._actors) if i not in self._dead]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=close_timeout_s)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except RayError as err:
+                    warnings.warn(f"{self.role}: a worker's close() failed: {err}", RuntimeWarning, stacklevel=2)
+        self._kill()
+
+    def _kill(self) -> None:
         _LIVE_GROUPS.discard(self)
         actors, self._actors = self._actors, []
         if ray.is_initialized():

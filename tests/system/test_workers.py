@@ -50,6 +50,20 @@ def _groups(kind: str, cfg: ClusterConfig, **kwargs) -> WorkerGroup:  # type: ig
     return make_worker_group("rollout", Counter, 2, cfg if kind == "ray" else LOCAL, 1, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def scaled(ray_cfg: ClusterConfig) -> Iterator[dict[str, WorkerGroup]]:
+    """Counter(start=i, scale=(1, 3)[i]) twice, local and on Ray; the tests using it never change its state."""
+    groups: dict[str, WorkerGroup] = {}
+    try:
+        for kind, cfg in (("local", LOCAL), ("ray", ray_cfg)):
+            groups[kind] = make_worker_group("rollout", Counter, 2, cfg, index_kwarg="start",
+                                             per_worker_kwargs=[{"scale": 1}, {"scale": 3}])
+        yield groups
+    finally:
+        for group in groups.values():
+            group.shutdown()
+
+
 # ------------------------------------------------------------------------------------- same results
 
 
@@ -65,54 +79,49 @@ def _exercise(group: WorkerGroup) -> list:
 
 
 @pytest.mark.timeout(300)
-def test_local_and_ray_groups_give_the_same_results(ray_cfg: ClusterConfig) -> None:
+def test_local_and_ray_groups_give_the_same_results(ray_cfg: ClusterConfig, scaled: dict[str, WorkerGroup]) -> None:
     expected = [[7, 7], 9, [7, 9], [0, 2, 8, 18, 32, 50, 72], 17, []]
     with _groups("local", ray_cfg, scale=2) as local, _groups("ray", ray_cfg, scale=2) as remote:
         assert isinstance(local, LocalWorkerGroup) and type(remote).__name__ == "RayWorkerGroup"
         assert _exercise(local) == expected
         assert _exercise(remote) == expected
         assert local.restarts() == remote.restarts() == 0
-    # per-worker constructor keywords, and map's round-robin: item i runs on worker i % 2
-    # scales (1, 3): item 0 -> 1*1*1 = 1, item 1 -> 2*2*3 = 12, item 2 -> 3*3*1 = 9, item 3 -> 4*4*3 = 48
-    for kind in ("local", "ray"):
-        with _groups(kind, ray_cfg, per_worker_kwargs=[{"scale": 1}, {"scale": 3}]) as group:
-            assert group.map("square", [1, 2, 3, 4]) == [1, 12, 9, 48]
-            # submit: one item on any worker, round-robin: 2*2*1 = 4 (worker 0), 2*2*3 = 12 (worker 1), 4 again
-            assert [group.submit("square", 2).result(timeout=60) for _ in range(3)] == [4, 12, 4]
-            assert group.map_async("square", [5, 5]).result(timeout=60) == [25, 75]  # 5*5*1, 5*5*3
-        cfg = ray_cfg if kind == "ray" else LOCAL
-        with make_worker_group("reward", Counter, 2, cfg, index_kwarg="start") as indexed:
-            assert indexed.call("add", 0) == [0, 1]  # Counter(start=0), Counter(start=1)
+    for group in scaled.values():
+        assert group.call("add", 0) == [0, 1]  # index_kwarg: Counter(start=0), Counter(start=1)
+        # per-worker keywords, and map's round-robin: item i runs on worker i % 2, scales (1, 3):
+        # item 0 -> 1*1*1 = 1, item 1 -> 2*2*3 = 12, item 2 -> 3*3*1 = 9, item 3 -> 4*4*3 = 48
+        assert group.map("square", [1, 2, 3, 4]) == [1, 12, 9, 48]
+        # submit: one item on any worker, round-robin: 2*2*1 = 4 (worker 0), 2*2*3 = 12 (worker 1), 4 again
+        assert [group.submit("square", 2).result(timeout=60) for _ in range(3)] == [4, 12, 4]
+        assert group.map_async("square", [5, 5]).result(timeout=60) == [25, 75]  # 5*5*1, 5*5*3
 
 
 @pytest.mark.timeout(300)
-def test_errors_name_the_worker_and_the_item(ray_cfg: ClusterConfig) -> None:
-    for kind in ("local", "ray"):
-        with _groups(kind, ray_cfg) as group:
-            with pytest.raises(WorkerCallError, match=r"rollout\[1\]\.check_positive \(item 1\) raised ValueError") as info:
-                group.map("check_positive", [1, -2, 3])
-            assert isinstance(info.value.cause, ValueError) and "negative input -2" in str(info.value.cause)
-            with pytest.raises(AttributeError, match="have no public method 'sqaure'; methods: add, check_positive"):
-                group.map("sqaure", [1])
-            assert group.map("check_positive", [4, 5, 6]) == [4, 5, 6]  # the workers are still fine
+def test_errors_name_the_worker_and_the_item(ray_cfg: ClusterConfig, scaled: dict[str, WorkerGroup]) -> None:
+    for kind, group in scaled.items():
+        with pytest.raises(WorkerCallError, match=r"rollout\[1\]\.check_positive \(item 1\) raised ValueError") as info:
+            group.map("check_positive", [1, -2, 3])
+        assert isinstance(info.value.cause, ValueError) and "negative input -2" in str(info.value.cause)
+        with pytest.raises(AttributeError, match="have no public method 'sqaure'; methods: add, check_positive"):
+            group.map("sqaure", [1])
+        assert group.map("check_positive", [4, 5, 6]) == [4, 5, 6]  # the workers are still fine
         with pytest.raises(WorkerStartError, match=r"rollout\[0\]: Counter\(\.\.\.\) failed to start: "
                                                       r"ValueError: refusing to start with start=1"):
             _groups(kind, ray_cfg, fail_on_start=True)
 
 
 @pytest.mark.timeout(300)
-def test_call_async_streams_whichever_finishes_first(ray_cfg: ClusterConfig) -> None:
-    with _groups("ray", ray_cfg) as group:
-        slow = group.call_async(0, "slow_square", 3, 2.0)
-        fast = group.call_async(1, "slow_square", 2, 0.0)
-        done, pending = wait([slow, fast], timeout=60)
-        assert done == [fast] and pending == [slow] and not slow.done()
-        with pytest.raises(TimeoutError, match=r"rollout\[0\]\.slow_square did not finish within 0.01 s"):
-            slow.result(timeout=0.01)
-        assert fast.result()[0] == 4 and slow.result(timeout=60)[0] == 9
-    with _groups("local", ray_cfg) as group:  # a local call has run by the time call_async returns
-        future = group.call_async(0, "slow_square", 5, 0.0)
-        assert future.done() and future.result()[0] == 25
+def test_call_async_streams_whichever_finishes_first(scaled: dict[str, WorkerGroup]) -> None:
+    group = scaled["ray"]
+    slow = group.call_async(0, "slow_square", 3, 2.0)
+    fast = group.call_async(1, "slow_square", 2, 0.0)
+    done, pending = wait([slow, fast], timeout=60)
+    assert done == [fast] and pending == [slow] and not slow.done()
+    with pytest.raises(TimeoutError, match=r"rollout\[0\]\.slow_square did not finish within 0.01 s"):
+        slow.result(timeout=0.01)
+    assert fast.result()[0] == 4 and slow.result(timeout=60)[0] == 9
+    future = scaled["local"].call_async(0, "slow_square", 5, 0.0)  # a local call has run when call_async returns
+    assert future.done() and future.result()[0] == 25
 
 
 # ------------------------------------------------------------------------------------- kill -9
@@ -129,8 +138,8 @@ def _kill_mid_map(group: WorkerGroup, victim_pid: int, items: int) -> list:
 
 
 @pytest.mark.timeout(300)
-def test_kill_9_mid_map_reissues_on_the_restarted_worker(ray_cfg: ClusterConfig) -> None:
-    with _groups("ray", ray_cfg) as group:
+def test_kill_9_mid_map_reissues_on_the_restarted_worker(ray_cfg: ClusterConfig, tmp_path: Path) -> None:
+    with _groups("ray", ray_cfg, per_worker_kwargs=[{"closed_dir": str(tmp_path)}, {}]) as group:
         old = group.call("pid")
         assert group.call("add", 5) == [6, 6]  # 1 + 5 on each worker
         results = _kill_mid_map(group, old[0], 12)
@@ -144,6 +153,8 @@ def test_kill_9_mid_map_reissues_on_the_restarted_worker(ray_cfg: ClusterConfig)
         assert set(first) <= {old[0], new[0]} and first[-1] == new[0]
         assert first == sorted(first, key=lambda pid: pid == new[0])  # old-process items all come first
         assert group.call("add", 1) == [2, 7]  # worker 0 restarted from scratch: 1 + 1; worker 1 kept its 6: 6 + 1
+    # shutdown called close() on the restarted worker 0 (built with the same keywords): total 2
+    assert [p.name for p in tmp_path.iterdir()] == [f"closed-{new[0]}-2"]
 
 
 @pytest.mark.slow
@@ -192,10 +203,11 @@ def test_local_learner_is_one_rank_and_restores_the_environment() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_resources_beyond_the_cluster_fail_before_any_actor_starts(ray_cfg: ClusterConfig) -> None:
+def test_resources_beyond_the_cluster_fail_before_any_actor_starts(ray_cfg: ClusterConfig,
+                                                                    scaled: dict[str, WorkerGroup]) -> None:
     too_many = ray_cfg.model_copy(update={"rollout_cpus": 2.0})
     with pytest.raises(ResourceError, match=r"rollout: 3 workers x 2 CPU = 6 CPU, but the cluster has 4 CPU in total "
-                                            r"and this run's other worker groups hold 0 \(none\); lower "
+                                            r"and this run's other worker groups hold 2 \(rollout x2: 2\); lower "
                                             r"cluster.rollout_cpus / cluster.rollout_gpus"):
         make_worker_group("rollout", Counter, 3, too_many)
     too_big = ray_cfg.model_copy(update={"reward_cpus": 5.0})
@@ -204,10 +216,9 @@ def test_resources_beyond_the_cluster_fail_before_any_actor_starts(ray_cfg: Clus
     gpus = ray_cfg.model_copy(update={"rollout_gpus": 1.0})
     with pytest.raises(ResourceError, match="rollout: each worker asks for 1 GPU, but no node .* more than 0 GPU"):
         make_worker_group("rollout", Counter, 1, gpus)
-    with _groups("ray", ray_cfg) as held:  # 2 x 1 CPU held; 3 more would make 5 > 4
-        assert held.call("add", 0) == [1, 1]
-        with pytest.raises(ResourceError, match=r"hold 2 \(rollout x2: 2\)"):
-            make_worker_group("reward", Counter, 3, ray_cfg)
+    # the module's `scaled` group holds 2 x 1 CPU; 3 more would make 5 > 4
+    with pytest.raises(ResourceError, match=r"hold 2 \(rollout x2: 2\)"):
+        make_worker_group("reward", Counter, 3, ray_cfg)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")

@@ -11,11 +11,19 @@ from typing import Any
 class Counter:
     """A tiny stateful worker: a running total per instance, plus helpers the fault tests use."""
 
-    def __init__(self, start: int = 0, *, scale: int = 1, fail_on_start: bool = False) -> None:
+    def __init__(self, start: int = 0, *, scale: int = 1, fail_on_start: bool = False,
+                 closed_dir: str | None = None) -> None:
         if fail_on_start:
             raise ValueError(f"refusing to start with start={start}")
         self.total = start
         self.scale = scale
+        self.closed_dir = closed_dir
+
+    def close(self) -> None:
+        """Leaves a file named after this process in ``closed_dir`` (the worker group calls it on shutdown)."""
+        if self.closed_dir is not None:
+            with open(os.path.join(self.closed_dir, f"closed-{os.getpid()}-{self.total}"), "w"):
+                pass
 
     def add(self, k: int) -> int:
         self.total += k * self.scale
@@ -68,6 +76,8 @@ class Rank:
         return read_env(names)
 
     def close(self) -> None:
+        """Leave the group (idempotent: the worker group's shutdown calls it too)."""
         import torch.distributed as dist
 
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
