@@ -51,6 +51,7 @@ from system.workers.base import (
     distributed_env,
     free_port,
 )
+from system.workers.capacity import check_capacity, check_gpu_backend
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LIVE_GROUPS: weakref.WeakSet[RayWorkerGroup] = weakref.WeakSet()  # for "this run already holds ..."
@@ -89,56 +90,9 @@ class _Host:
         return self.incarnation, getattr(self.instance, method)(*args, **kwargs)
 
 
-def cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]]]:
-    """The cluster's total resources and those of each live node."""
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    return dict(ray.cluster_resources()), nodes
-
-
-def check_capacity(role: str, n: int, res: Resources, *, held: dict[str, tuple[Resources, int]],
-                   one_node: bool = False) -> None:
-    """Raise ResourceError when ``n`` workers of ``res`` can never be scheduled on this cluster."""
-    total, nodes = cluster_capacity()
-    fields = f"cluster.{role}_cpus / cluster.{role}_gpus" if role in ("rollout", "reward", "learner") else \
-        "the group's resources"
-    for key, per in (("CPU", res.cpus), ("GPU", res.gpus)):
-        if per <= 0:
-            continue
-        biggest = max((node.get(key, 0.0) for node in nodes), default=0.0)
-        have = total.get(key, 0.0)
-        taken = sum(_amount(r, key) * count for r, count in held.values())
-        need = per * n
-        if per > biggest + 1e-9:
-            raise ResourceError(f"{role}: each worker asks for {per:g} {key}, but no node of the cluster has "
-                                f"more than {biggest:g} {key}; lower {fields} or add bigger nodes")
-        if one_node and need > biggest + 1e-9:
-            raise ResourceError(f"{role}: {n} x {per:g} {key} = {need:g} {key} must fit on one node "
-                                f"(cluster.learner_placement: STRICT_PACK) but the biggest node has {biggest:g}; "
-                                "use learner_placement: PACK or fewer ranks")
-        if need + taken > have + 1e-9:
-            holders = ", ".join(f"{name}: {_amount(r, key) * count:g}" for name, (r, count) in held.items()) or "none"
-            raise ResourceError(
-                f"{role}: {n} workers x {per:g} {key} = {need:g} {key}, but the cluster has {have:g} {key} in total "
-                f"and this run's other worker groups hold {taken:g} ({holders}); lower {fields} or the worker "
-                f"count, or give the cluster more (cluster.num_cpus / num_gpus for a local cluster)"
-            )
-
-
-def _amount(res: Resources, key: str) -> float:
-    return res.cpus if key == "CPU" else res.gpus
-
-
-def check_gpu_backend(role: str, backend: str) -> None:
-    """NCCL on a cluster without GPUs can only hang or crash later: refuse it now."""
-    total, _ = cluster_capacity()
-    if backend == "nccl" and total.get("GPU", 0.0) <= 0:
-        raise ResourceError(f"{role}: cluster.learner_backend is 'nccl', which needs CUDA GPUs, but this Ray "
-                            "cluster has no GPUs; set cluster.learner_backend: gloo and cluster.learner_gpus: 0 "
-                            "to train on CPU, or run on GPU nodes")
-
-
-def _held_by_others(exclude: RayWorkerGroup | None = None) -> dict[str, tuple[Resources, int]]:
-    return {f"{g.role} x{g.size}": (g.resources, g.size) for g in list(_LIVE_GROUPS) if g is not exclude}
+def _held_by_others() -> dict[str, tuple[Resources, int]]:
+    """What this process's live worker groups hold, by ``role xN``."""
+    return {f"{g.role} x{g.size}": (g.resources, g.size) for g in list(_LIVE_GROUPS)}
 
 
 class RayWorkerGroup(WorkerGroup):
@@ -155,7 +109,7 @@ class RayWorkerGroup(WorkerGroup):
             raise ValueError(f"{role}: a worker group needs at least 1 worker, got {n}")
         if per_worker_kwargs is not None and len(per_worker_kwargs) != n:
             raise ValueError(f"{role}: per_worker_kwargs has {len(per_worker_kwargs)} entries for {n} workers")
-        self.role, self.size, self.cls = role, n, cls
+        self.role, self.size, self.cls, self.distributed = role, n, cls, distributed
         self.resources = resources or Resources()
         self.startup_timeout_s = cfg.startup_timeout_s
         self.max_task_retries = 0 if distributed else cfg.max_task_retries
@@ -410,7 +364,10 @@ class RayFuture(WorkerFuture):
         label, group = self._label(), self.group
         target = group.recover(self.index, self.pinned)
         if target is None or self._retries_left <= 0:
-            if target is not None:
+            if group.distributed:
+                why = ("learner ranks are neither restarted nor re-issued (their torch.distributed group is gone): "
+                       "the run has to stop and resume from its last checkpoint")
+            elif target is not None:
                 why = f"it was re-issued cluster.max_task_retries = {group.max_task_retries} time(s) already"
             elif self.pinned:
                 why = f"Ray did not restart it (cluster.max_restarts = {group.max_restarts})"

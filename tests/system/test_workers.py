@@ -186,7 +186,11 @@ def test_learner_ranks_form_one_gloo_group(ray_cfg: ClusterConfig) -> None:
         assert [e["RANK"] for e in env] == ["0", "1"] and {e["WORLD_SIZE"] for e in env} == {"2"}
         assert {e["MASTER_ADDR"] for e in env} == {"127.0.0.1"} and len({e["MASTER_PORT"] for e in env}) == 1
         assert [e["LOCAL_RANK"] for e in env] == ["0", "1"]  # CPU ranks on one node
-        ranks.call("close")
+        os.kill(ranks.call_one(1, "pid"), signal.SIGKILL)  # a learner failure stops the run
+        with pytest.raises(WorkerDiedError, match=r"learner\[1\]\.env: its worker died .* learner ranks are neither "
+                                                  r"restarted nor re-issued .* resume from its last checkpoint"):
+            ranks.call_one(1, "env", "RANK")
+        assert ranks.restarts() == 0
 
 
 def test_local_learner_is_one_rank_and_restores_the_environment() -> None:

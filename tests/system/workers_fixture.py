@@ -75,6 +75,9 @@ class Rank:
     def env(self, *names: str) -> dict[str, Any]:
         return read_env(names)
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def close(self) -> None:
         """Leave the group (idempotent: the worker group's shutdown calls it too)."""
         import torch.distributed as dist
