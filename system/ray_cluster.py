@@ -9,7 +9,8 @@
 2. otherwise: start a private local cluster on 127.0.0.1 (no dashboard; ``cluster.num_cpus``,
    ``num_gpus``, ``object_store_mb``). Ray replaces a loopback node IP by the machine's routable one
    unless multi-node clusters are off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so ``connect`` turns
-   them off for a local cluster: every Ray process then talks over 127.0.0.1 only.
+   them off for a local cluster, and when joining an address on 127.0.0.1 (which Ray would otherwise
+   rewrite, and then retry forever): every Ray process then talks over 127.0.0.1 only.
 
 Authentication: Ray 2.60 has token authentication (``RAY_AUTH_MODE=token``; the token comes from
 ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). A new local cluster turns it on
@@ -21,6 +22,9 @@ same checkout) the workers get the project root on ``PYTHONPATH``; joining a rem
 outside a job ships the ``system``, ``actors`` and ``learner`` packages as ``py_modules``; inside a
 job, the job's runtime env (``deploy/runtime_env.yaml``: ``working_dir``) already has them, and a
 second runtime env would conflict with it.
+
+``LocalHead`` runs the documented head (``ray start --head --block`` on 127.0.0.1, token auth) as a
+child process and stops exactly it, for ``ray job submit`` on one machine and its tests.
 """
 
 from __future__ import annotations
