@@ -12,10 +12,12 @@ import math
 import pytest
 import torch
 
-from learner.estimators import EstimatorBatch, estimator_from_config, get_estimator
+from actors.decoding.reference import ReferenceDecoder
+from learner.estimators import EstimatorBatch, batch_from_decode, estimator_from_config, get_estimator
 from learner.estimators.elbo import noise_levels
 from learner.estimators.staircase import align_prompt, staircase_weights
 from system.config import AlgorithmConfig, DecodingConfig
+from system.diffusion import left_pad
 from system.models.base import DiffusionModel, block_causal_mask
 from tests.conftest import family_model, tiny_model
 
@@ -82,6 +84,9 @@ def test_one_pass_equals_a_loop_of_per_block_passes(family: str, weighting: str)
     torch.testing.assert_close(fast.token_logp.double(), expected_tokens, atol=1e-4, rtol=1e-6)
     torch.testing.assert_close(fast.seq_logp.double(), expected_tokens.sum(-1), atol=1e-4, rtol=1e-6)
     torch.testing.assert_close(looped.seq_logp, fast.seq_logp, atol=1e-4, rtol=1e-6)
+    with torch.no_grad():  # one pass in chunks of 4 of the 6 rows
+        chunked = get_estimator("staircase_elbo", num_samples=2, weighting=weighting, chunk_rows=4).score(model, batch, draw)
+    torch.testing.assert_close(chunked.seq_logp, fast.seq_logp, atol=1e-5, rtol=1e-6)
     assert looped.extras["num_passes"].tolist() == [6.0] * 3 and fast.extras["num_passes"].tolist() == [2.0] * 3
     assert not bool(fast.token_mask[1, -BS:].any())  # the unscored block is never scored
 
@@ -114,13 +119,37 @@ def test_no_leakage_from_a_clean_block_into_itself_or_earlier_blocks() -> None:
         assert torch.equal(est.row_logprobs(model, other, again)[:, : 2 * BS], base[:, : 2 * BS])
 
 
+@pytest.mark.parametrize("family", ["tiny_block", "sdar"])
+def test_a_fully_masked_block_scores_what_the_decoder_sampled_from(family: str) -> None:
+    # The decoder records, for each revealed token, its log-prob under the distribution it sampled from.
+    # Tokens revealed at the first step of their block were drawn with the block fully masked and the
+    # earlier blocks final, which is what the staircase scores with a fully masked noisy block: the two
+    # agree, prompts of different lengths included (the estimator pads them as the decoder does).
+    model = family_model(family)
+    params = DecodingConfig(gen_length=8, block_length=4, steps=4, temperature=0.0, stop_at_eos=False)
+    out = ReferenceDecoder(model, params).generate([[20, 21, 22, 23, 24], [30, 31], [40]], torch.Generator())
+    batch = batch_from_decode(out)
+    assert batch.prompt_ids.shape[1] == 8  # the decoder padded the prompts to a multiple of the block size;
+    batch.prompt_ids, batch.prompt_mask = left_pad([[20, 21, 22, 23, 24], [30, 31], [40]], model.spec.pad_token_id)
+    assert batch.prompt_ids.shape[1] == 5  # the learner's batches pad to the longest prompt only
+    first = (out.unmask_step == 0) | (out.unmask_step == 2)  # 2 steps per block: steps 0 and 2 open a block
+    assert bool(first.view(3, 2, 4).any(-1).all())
+    est = get_estimator("staircase_elbo")
+    draw = est.draw(model.spec, batch, torch.Generator().manual_seed(0))
+    draw.noisy = torch.full_like(draw.noisy, model.mask_token_id)
+    draw.scored = first
+    with torch.no_grad():
+        logp = est.row_logprobs(model, batch, draw)
+    torch.testing.assert_close(logp[first], out.logprobs[first], atol=1e-5, rtol=0)
+
+
 def test_extra_left_padding_of_the_prompts_changes_nothing() -> None:
-    # The estimator pads prompts to a multiple of the block size; a batch padded wider by a whole block
-    # gives the same block partition of the real tokens, hence the same estimate.
+    # The estimator pads prompts to a multiple of the block size: a batch padded 2 columns wider (7 rather
+    # than 5, both padded to 8) gives the same block partition of the real tokens, hence the same estimate.
     model = family_model("tiny_block")
     batch = make_batch(model)
     wider = copy.copy(batch)
-    pad = torch.full((3, BS), model.spec.pad_token_id)
+    pad = torch.full((3, 2), model.spec.pad_token_id)
     wider.prompt_ids = torch.cat([pad, batch.prompt_ids], 1)
     wider.prompt_mask = torch.cat([torch.zeros_like(pad), batch.prompt_mask], 1)
     est = get_estimator("staircase_elbo", num_samples=2)
