@@ -159,7 +159,16 @@ class Learner:
         self.engine.backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
 
     def train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
-        """``mu`` policy updates on this rank's groups; returns the step's metrics."""
+        """``mu`` policy updates on this rank's groups; returns the step's metrics. A non-finite
+        estimate or loss raises FloatingPointError (the driver's collapse monitor acts on it)."""
+        try:
+            return self._train_on(groups)
+        except ValueError as e:
+            if "finite" not in str(e):
+                raise
+            raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
+
+    def _train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
         start = time.monotonic()
         self.model.train()
         tb = build_train_batch(groups, self.model.spec.pad_token_id, self.cfg.algorithm)
@@ -219,6 +228,13 @@ class Learner:
         if self.rank != 0:
             return None
         return transport.publish(state, version).checksum
+
+    def scale_lr(self, factor: float) -> float:
+        """Multiply the learning rate (now and in the schedule) by ``factor``; returns the new LR."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] *= factor
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        return float(self.engine.optimizer.param_groups[0]["lr"])
 
     def save_checkpoint(self, path: str) -> str:
         """Model, optimizer, LR schedule (DeepSpeed's checkpoint) and the learner's own counters;

@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     from actors.tasks.cli import add_data_parser
+    from system.monitoring.cli import add_report_parser
 
     add_data_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("sample", help="decode completions from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
@@ -153,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "RunStopped":
+            raise
+        print(f"stopped by the collapse monitor: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,11 +31,15 @@ from learner.learner import Learner
 from system.buffer import BufferStats, RolloutBuffer
 from system.config import Config, dump_config
 from system.errors import CheckpointError, ConfigError
+from system.monitoring.logger import RunLogger
+from system.monitoring.monitor import CollapseMonitor, MonitorEvent, strongest
+from system.monitoring.names import rollout_metrics as monitored_rollout_metrics
 from system.progress import Progress
 from system.rollout_io import dump_groups, load_groups
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
+from system.workers.base import WorkerCallError
 
 
 @dataclass
@@ -126,7 +130,8 @@ def score(workers: Workers, groups: list[RolloutGroup]) -> dict[str, float]:
         rollout.reward_components = dict(result.components)
         rollout.reward_reason = result.reason
     correct = sum(bool(res.correct) for res in results)
-    return {"timing/reward": time.monotonic() - start, "rollout/accuracy": correct / max(1, len(results))}
+    return {"timing/reward": time.monotonic() - start, "rollout/accuracy": correct / max(1, len(results)),
+            **monitored_rollout_metrics(groups)}
 
 
 def generate(workers: Workers, examples: list[Example]) -> list[RolloutGroup]:
@@ -163,16 +168,6 @@ def rollout_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
             "rollout/zero_std_group_fraction": flat / max(1, len(groups))}
 
 
-class MetricsLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 @dataclass
 class RunState:
     """What the driver itself must restore on resume (the workers save their own parts)."""
@@ -196,7 +191,9 @@ def save_checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, b
 
 
 def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
-                    path: Path) -> RunState:
+                    path: Path, publish_as: int | None = None) -> RunState:
+    """Restore a run checkpoint and publish the restored policy to the rollout workers, as the
+    checkpoint's version or as ``publish_as`` (a rollback: published versions only ever increase)."""
     meta = path / "driver.json"
     if not meta.is_file():
         raise CheckpointError(f"{path}: not a stabledrl run checkpoint (no driver.json); pass a "
@@ -204,11 +201,15 @@ def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: Promp
     saved = json.loads(meta.read_text())
     state = RunState(int(saved["step"]), int(saved["version"]), list(saved["history"]))
     buffer.stats = BufferStats(**saved["buffer"])
+    buffer.groups.clear()  # anything queued or seen after the checkpoint is from a discarded future
+    buffer.seen.clear()
     workers.learner.call("load_checkpoint", str(path))
     rng = torch.load(path / "driver_rng.pt", weights_only=False)
     for i, rng_state in enumerate(rng["rollout_rng"][: workers.rollout.size]):
         workers.rollout.call_one(i, "set_rng_state", rng_state)
     sampler.load_state(rng["sampler"])
+    if publish_as is not None:
+        state.version = publish_as
     publish(workers, transport, state.version)  # the rollout workers start from the restored policy
     return state
 
@@ -233,7 +234,7 @@ def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunStat
     return metrics, pending
 
 
-def debug_loop(cfg: Config, run: Path, workers: Workers, log: MetricsLog) -> dict[str, Any]:
+def debug_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger) -> dict[str, Any]:
     """``rollout_only``: generate, score and dump each step's groups. ``train_only``: learn from a dump,
     ``rollout.prompts_per_step`` groups a step, in file order."""
     dump = Path(cfg.rollout.dump_path or run / "rollouts.jsonl")
@@ -244,7 +245,7 @@ def debug_loop(cfg: Config, run: Path, workers: Workers, log: MetricsLog) -> dic
             groups = generate(workers, sampler.next(n))
             metrics = {"step": steps, **score(workers, groups), **rollout_metrics(groups)}
             dump_groups(dump, groups)
-            log.write(metrics)
+            log.log(steps, metrics)
         return {"steps": steps, "dump": str(dump)}
     replay = load_groups(dump)
     for steps in range(1, cfg.rollout.steps + 1):
@@ -253,9 +254,41 @@ def debug_loop(cfg: Config, run: Path, workers: Workers, log: MetricsLog) -> dic
             steps -= 1
             break
         metrics = {"step": steps, **average(workers.learner.map("train_on", split(batch, workers.learner.size)))}
-        log.write(metrics)
+        log.log(steps, metrics)
     workers.learner.call_one(0, "save_policy", str(run / "final"))
     return {"steps": steps, "dump": str(dump), "checkpoint": str(run / "final")}
+
+
+class RunStopped(RuntimeError):
+    """The collapse monitor stopped the run; the message names the detector and the last checkpoint."""
+
+
+def learn(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState, groups: list[RolloutGroup],
+          sampler: PromptSampler, monitor: CollapseMonitor) -> tuple[dict[str, Any], Any, list[MonitorEvent]]:
+    """``rl_step`` plus the monitor's verdict; a non-finite loss in the learner becomes an event."""
+    try:
+        metrics, future = rl_step(cfg, workers, buffer, state, groups, sampler)
+    except WorkerCallError as e:
+        if "FloatingPointError" not in str(e):
+            raise
+        return {"step": state.step}, None, [monitor.nonfinite_failure(state.step, str(e))]
+    return metrics, future, monitor.observe(state.step, metrics)
+
+
+def checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
+               monitor: CollapseMonitor, run: Path) -> None:
+    save_checkpoint(workers, state, sampler, buffer, run / "checkpoints" / f"step-{state.step}")
+    monitor.checkpoint_saved(state.step)
+
+
+def roll_back(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
+              monitor: CollapseMonitor, run: Path, event: MonitorEvent, version: int) -> RunState:
+    """Restore the checkpoint the event names, scale the learning rate, continue from there."""
+    state = load_checkpoint(workers, transport, sampler, buffer, run / "checkpoints" / f"step-{event.rollback_to}",
+                            publish_as=version + 1)
+    workers.learner.call("scale_lr", event.lr_scale or 1.0)
+    monitor.rolled_back(state.step)
+    return state
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
@@ -263,19 +296,27 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     run = Path(run_dir or cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
-    log = MetricsLog(run / "metrics.jsonl")
-    if cfg.rollout.debug_mode != "none":
-        workers = build_workers(cfg)
-        try:
-            return debug_loop(cfg, run, workers, log)
-        finally:
-            workers.shutdown()
-    sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
+    log = RunLogger(cfg, run)
     workers = build_workers(cfg)
+    try:
+        if cfg.rollout.debug_mode != "none":
+            return debug_loop(cfg, run, workers, log)
+        return rl_loop(cfg, run, workers, log, resume)
+    finally:
+        workers.shutdown()
+        log.close()
+
+
+def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: str | Path | None) -> dict[str, Any]:
+    sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
     transport = build_weight_transport(cfg)
     buffer = RolloutBuffer(cfg.rollout.max_staleness)
+    monitor = CollapseMonitor(cfg.monitor)
+    every = cfg.rollout.checkpoint_every
     try:
         state = load_checkpoint(workers, transport, sampler, buffer, Path(resume)) if resume else RunState()
+        if every and not resume:
+            checkpoint(workers, state, sampler, buffer, monitor, run)  # the initial policy: a rollback target
         bar = Progress(cfg.rollout.steps - state.step, "rl", cfg.logging.progress)
         pending = None
         while state.step < cfg.rollout.steps:
@@ -283,7 +324,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
             t0 = time.monotonic()
             groups = pending if pending is not None else generate(workers, sampler.next(cfg.rollout.prompts_per_step))
             t_gen = time.monotonic() - t0
-            metrics, future = rl_step(cfg, workers, buffer, state, groups, sampler)
+            metrics, future, events = learn(cfg, workers, buffer, state, groups, sampler, monitor)
+            for event in events:
+                log.event(state.step, event)
+            action = strongest(events)
+            if action is not None and action.action == "stop":
+                raise RunStopped(f"step {state.step}: {action.message}; last checkpoint: "
+                                 f"{monitor.rollback_target() if every else 'none (rollout.checkpoint_every=0)'}")
+            if action is not None and action.action == "rollback":  # never publish what fired
+                state, pending = roll_back(workers, transport, sampler, buffer, monitor, run, action,
+                                           state.version), None
+                continue
             state.version += 1
             if state.version % cfg.rollout.publish_every == 0 or state.step == cfg.rollout.steps:
                 metrics.update(publish(workers, transport, state.version))
@@ -291,16 +342,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
             metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
                             "system/rollout_restarts": float(workers.rollout.restarts()),
                             "system/reward_restarts": float(workers.reward.restarts())})
-            log.write(metrics)
+            log.log(state.step, metrics, samples=samples(groups))
             state.history.append(metrics)
             bar.update(reward=metrics["rollout/reward_mean"])
-            every = cfg.rollout.checkpoint_every
             if every and state.step % every == 0 and state.step < cfg.rollout.steps:
-                save_checkpoint(workers, state, sampler, buffer, run / "checkpoints" / f"step-{state.step}")
+                checkpoint(workers, state, sampler, buffer, monitor, run)
         bar.close()
         workers.learner.call_one(0, "save_policy", str(run / "final"))
     finally:
-        workers.shutdown()
         transport.close()
     history = state.history
     summary = {"steps": state.step, "version": state.version, "checkpoint": str(run / "final"),
@@ -308,6 +357,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
                "reward_last": history[-1]["rollout/reward_mean"] if history else None}
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def samples(groups: list[RolloutGroup]) -> list[dict[str, Any]]:
+    """One row per completion for the sample table (logged sparsely, ``logging.table_every``)."""
+    return [{"group": g.group_id, "prompt": g.example.prompt, "completion": r.completion_text,
+             "reward": r.reward, "reason": r.reward_reason} for g in groups for r in g.rollouts]
 
 
 def average(results: list[dict[str, float]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from system.config import load_config
 from system.driver import train
 from system.models import load_model
 from system.models.build import new_tiny_model
+from system.monitoring.records import read_records
 
 SMALL = [
     "data.task=copy", "data.num_train=64", "data.num_test=8", "model.tiny.hidden_size=32",
@@ -28,8 +29,11 @@ SMALL = [
 def run(tmp_path: Path, *extra: str) -> tuple[dict, list[dict]]:
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}", *extra])
     summary = train(cfg)
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    return summary, metrics
+    return summary, metric_records(tmp_path)
+
+
+def metric_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "metrics"]
 
 
 @pytest.mark.parametrize("algorithm", ["stabledrl", "grpo"])
@@ -39,6 +43,7 @@ def test_local_run_updates_publishes_and_logs(tmp_path: Path, algorithm: str) ->
     assert [m["system/policy_version"] for m in metrics] == [1.0, 2.0, 3.0]
     for m in metrics:
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m
+        assert m["ratio/mean"] > 0 and "clip/bypass" in m and "timing/sync" in m
         assert m["system/staleness_max"] == 0.0
         assert m["rollout/groups"] == 2.0
     cfg = load_config(None, [*SMALL])
@@ -62,11 +67,11 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     run(tmp_path / "first", "rollout.steps=2", "rollout.checkpoint_every=1")
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'resumed'}"])
     summary = train(cfg, resume=tmp_path / "first" / "checkpoints" / "step-1")
-    resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    resumed = metric_records(tmp_path / "resumed")
     assert summary["steps"] == 3 and [m["step"] for m in resumed] == [2, 3]
     for want, got in zip(straight[1:], resumed):
         for key, value in want.items():
-            if key.startswith("timing/"):
+            if key.startswith("timing/") or key in ("time", "type", "rollout/tokens_per_s"):
                 continue
             assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
@@ -88,5 +93,50 @@ def test_rollout_only_then_train_only_replays_the_dump(tmp_path: Path) -> None:
     assert len(first["rollouts"]) == 4 and "unmask_step" in first["rollouts"][0]
     summary, metrics = run(tmp_path / "train", "rollout.debug_mode=train_only", f"rollout.dump_path={dump}")
     assert summary["steps"] == 2 and len(metrics) == 2  # the dump holds 2 steps' worth
-    assert all(m["train/updates"] >= 1 for m in metrics)
+    assert all(m["loss/updates"] >= 1 for m in metrics)
     assert (tmp_path / "train" / "final" / "config.json").is_file()
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "event"]
+
+
+def test_rollback_restores_the_checkpoint_and_continues(tmp_path: Path) -> None:
+    # Any ratio above 1.000001 "blows up": each step fires and rolls back to the last good checkpoint
+    # until max_rollbacks is spent, then the run stops with the reason.
+    from system.driver import RunStopped
+
+    with pytest.raises(RunStopped, match="ratio"):
+        run(tmp_path, "rollout.checkpoint_every=1", "monitor.ratio_max=1.000001", "monitor.ratio_action=rollback",
+            "monitor.max_rollbacks=2", "rollout.steps=3")
+    fired = events(tmp_path)
+    assert [e["action"] for e in fired] == ["rollback", "rollback", "stop"]
+    assert all(e["rollback_to"] == 0 for e in fired[:2])  # step 0: the initial policy, never replaced
+    assert not metric_records(tmp_path)  # no step was ever accepted, so nothing was published or logged
+
+
+def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From step 2 on, the learner's likelihood estimates are NaN (injected): the monitor fires, the
+    driver rolls back instead of publishing, and stops once max_rollbacks is spent."""
+    import learner.learner as learner_module
+    from system.driver import RunStopped
+
+    real = learner_module.loss_input
+    calls = {"n": 0}
+
+    def poisoned(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        inp = real(loss, new, old, ref, advantages, group_ids)
+        if calls["n"] > 1:  # step 1 = 1 inner update x 1 micro-batch
+            inp.new_logp = inp.new_logp * float("nan")
+        return inp
+
+    monkeypatch.setattr(learner_module, "loss_input", poisoned)
+    with pytest.raises(RunStopped, match="non-finite"):
+        run(tmp_path, "rollout.checkpoint_every=1", "monitor.max_rollbacks=1", "rollout.steps=3")
+    fired = events(tmp_path)
+    assert [(e["detector"], e["action"]) for e in fired] == [("nonfinite", "rollback"), ("nonfinite", "stop")]
+    published = metric_records(tmp_path)
+    assert [m["system/policy_version"] for m in published] == [1.0]  # only the clean step 1 was published
+    for m in published:
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
