@@ -64,8 +64,12 @@ class RolloutWorker:
 
         return os.getpid()
 
-    def generate(self, examples: list[Example], group_size: int | None = None) -> list[RolloutGroup]:
-        """G completions per example, decoded in batches of ``rollout.decode_batch_size`` rows."""
+    def generate(self, examples: list[Example], group_size: int | None = None, transport: Any = None,
+                 min_version: int = 0) -> list[RolloutGroup]:
+        """G completions per example, decoded in batches of ``rollout.decode_batch_size`` rows. A worker
+        behind ``min_version`` (e.g. restarted after a crash) first fetches the weights from ``transport``."""
+        if transport is not None and self.version.version < min_version:
+            self.receive_weights(transport, min_version)
         g = group_size or self.cfg.rollout.group_size
         with self._lock:
             version = self.version.version

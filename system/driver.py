@@ -134,9 +134,13 @@ def score(workers: Workers, groups: list[RolloutGroup]) -> dict[str, float]:
             **monitored_rollout_metrics(groups)}
 
 
-def generate(workers: Workers, examples: list[Example]) -> list[RolloutGroup]:
+def generate(workers: Workers, examples: list[Example], transport: WeightTransport | None = None,
+             version: int = 0) -> list[RolloutGroup]:
+    """Groups for ``examples`` from the rollout workers; a worker restarted mid-run catches up to
+    ``version`` through the transport before generating (its re-issued work is not stale)."""
     chunks = [c for c in split(examples, workers.rollout.size) if c]
-    return [g for part in workers.rollout.map("generate", chunks) for g in part]
+    kwargs = {} if transport is None or version == 0 else {"transport": transport, "min_version": version}
+    return [g for part in workers.rollout.map("generate", chunks, **kwargs) for g in part]
 
 
 def build_weight_transport(cfg: Config) -> WeightTransport:
@@ -322,7 +326,8 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
         while state.step < cfg.rollout.steps:
             state.step += 1
             t0 = time.monotonic()
-            groups = pending if pending is not None else generate(workers, sampler.next(cfg.rollout.prompts_per_step))
+            groups = pending if pending is not None else generate(
+                workers, sampler.next(cfg.rollout.prompts_per_step), transport, state.version)
             t_gen = time.monotonic() - t0
             metrics, future, events = learn(cfg, workers, buffer, state, groups, sampler, monitor)
             for event in events:

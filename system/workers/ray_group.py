@@ -74,6 +74,10 @@ class _Host:
     def ping(self) -> str:
         return self.incarnation
 
+    def pid(self) -> int:
+        """The actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
+
     def address(self) -> tuple[str, int]:
         """This node's IP (as Ray knows it) and a TCP port free on it: a rendezvous point for rank 0."""
         ip = ray.util.get_node_ip_address()
