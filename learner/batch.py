@@ -31,14 +31,16 @@ class TrainBatch:
     group_keys: list[str]  # the RolloutGroup ids, by group index
 
 
-def build_train_batch(groups: list[RolloutGroup], pad_id: int, cfg: AlgorithmConfig) -> TrainBatch:
+def build_train_batch(groups: list[RolloutGroup], pad_id: int, cfg: AlgorithmConfig, multiple_of: int = 1) -> TrainBatch:
+    """``multiple_of``: pad prompts to a multiple of the block size of a block model, as the decoder
+    does, so that the response blocks are the ones generation saw."""
     if not groups:
         raise ValueError("a learner step needs at least one rollout group")
     rollouts = [r for g in groups for r in g.rollouts]
     lengths = {int(r.completion_ids.numel()) for r in rollouts}
     if len(lengths) != 1:
         raise ValueError(f"rollouts of one step must share the generation length, got lengths {sorted(lengths)}")
-    prompt_ids, prompt_mask = left_pad([r.prompt_ids for r in rollouts], pad_id)
+    prompt_ids, prompt_mask = left_pad([r.prompt_ids for r in rollouts], pad_id, multiple_of=multiple_of)
     completion = torch.stack([r.completion_ids for r in rollouts])
     mask = torch.stack([r.completion_mask if r.completion_mask is not None else torch.ones_like(r.completion_ids,
                         dtype=torch.bool) for r in rollouts])

@@ -171,7 +171,9 @@ class Learner:
     def _train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
         start = time.monotonic()
         self.model.train()
-        tb = build_train_batch(groups, self.model.spec.pad_token_id, self.cfg.algorithm)
+        spec = self.model.spec
+        align = spec.block_size if spec.attention == "block" and spec.block_size else 1
+        tb = build_train_batch(groups, spec.pad_token_id, self.cfg.algorithm, multiple_of=align)
         mbs = micro_batches(tb, self.groups_per_micro)
         if len(mbs) > self.micro_per_update:
             raise ValueError(f"{tb.num_groups} groups on rank {self.rank} exceed the configured "
