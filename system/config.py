@@ -2,7 +2,7 @@
 loading with ``--set section.key=value`` overrides, and error messages that name the key path, the
 value and what is allowed.
 
-Sections: model, decoding, data, rollout, reward, learner, algorithm, cluster, logging, sft.
+Sections: model, decoding, data, rollout, reward, learner, algorithm, cluster, logging, monitor, sft.
 A YAML file under ``configs/`` may ``include:`` other files (paths relative to it); later keys win.
 """
 
@@ -107,8 +107,10 @@ class DecodingConfig(Section):
 class DataConfig(Section):
     """Where examples come from."""
 
-    task: str = Field("copy", description="Task name (see `stabledrl data --help`).")
-    train_path: str | None = Field(None, description="Local JSONL with 'prompt' and 'completion' (SFT).")
+    task: str = Field("copy", description="Task name (`stabledrl data list`).")
+    train_path: str | None = Field(
+        None, description="Local data: JSONL / Parquet / CSV / save_to_disk directory with the task's public field "
+        "names (SFT also reads JSONL with 'prompt' and 'completion'). None: generated, for tasks with a generator.")
     test_path: str | None = Field(None, description="Held-out examples in the same format.")
     max_prompt_length: int = Field(256, ge=1, description="Longer prompts are left-truncated.")
     num_train: int = Field(2000, ge=1, description="Examples to generate when no train_path is given.")
