@@ -193,12 +193,27 @@ def test_learner_ranks_form_one_gloo_group(ray_cfg: ClusterConfig) -> None:
         assert ranks.restarts() == 0
 
 
+_LOCAL_RANK_CHECK = """
+import os
+from system.config import ClusterConfig
+from system.workers import make_worker_group
+from tests.system.workers_fixture import Rank
+keys = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+before = {key: os.environ.get(key) for key in keys}
+with make_worker_group("learner", Rank, 1, ClusterConfig(mode="local")) as ranks:
+    assert ranks.call("all_reduce", [1.0, 2.0]) == [(0, 1, [1.0, 2.0])]  # one rank: x * (0 + 1)
+    ranks.call("close")
+assert {key: os.environ.get(key) for key in keys} == before
+print("OK")
+"""
+
+
 def test_local_learner_is_one_rank_and_restores_the_environment() -> None:
-    before = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    with make_worker_group("learner", Rank, 1, LOCAL) as ranks:
-        assert ranks.call("all_reduce", [1.0, 2.0]) == [(0, 1, [1.0, 2.0])]  # one rank: x * (0 + 1)
-        ranks.call("close")
-    assert {key: os.environ.get(key) for key in before} == before
+    # In a fresh interpreter: torch.distributed's default group is per process, and other tests in
+    # this pytest worker may already have formed one.
+    proc = subprocess.run([sys.executable, "-c", _LOCAL_RANK_CHECK], cwd=ray_cluster.PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
     with pytest.raises(ConfigError, match="local mode runs a single learner rank .* set cluster.num_learner_ranks: 1"):
         make_worker_group("learner", Rank, 2, LOCAL)
 
