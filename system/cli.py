@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from system.config import load_config
 from system.errors import CheckpointError, ConfigError, DataError
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_sft.yaml"
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -82,25 +79,11 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Foundation demo: SFT of the tiny model on a synthetic task, then sampling from it."""
-    overrides = [f"output_dir={args.run_dir}", *args.overrides]
-    cfg = load_config(args.config or DEMO_CONFIG, overrides)
-    from learner.sft import exact_match, load_examples, run_sft
-    from system.models.build import build_policy
+    """The CPU demo (system/demo.py): data, cached SFT, eval, StableDRL through Ray, eval, report."""
+    from system.demo import print_result, run_demo
 
-    start = time.monotonic()
-    summary = run_sft(cfg)
-    cfg.model.path = summary["checkpoint"]
-    model, tokenizer = build_policy(cfg.model, cfg.seed)
-    _, test = load_examples(cfg.data)
-    accuracy, samples = exact_match(model, tokenizer, test[:8], cfg)
-    print("\nsamples from the fine-tuned model:")
-    for s in samples:
-        print(f"  {s['prompt']!r:>12} -> {s['output']!r:<8} (target {s['target']!r})")
-    result = {"task": cfg.data.task, "sft_steps": summary["steps"], "sft_loss_first": round(summary["loss_first"], 4),
-              "sft_loss_last": round(summary["loss_last"], 4), "test_exact_match": summary.get("test_exact_match"),
-              "checkpoint": summary["checkpoint"], "seconds": round(time.monotonic() - start, 1)}
-    print(json.dumps(result))
+    result = run_demo(args.task, Path(args.run_dir), args.sft_set, args.overrides, args.limit)
+    print_result(result)
     return 0
 
 
@@ -141,9 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     pi.set_defaults(func=cmd_model_inspect)
 
-    p = sub.add_parser("demo", help="the CPU demo: SFT of the tiny model, then sampling")
-    _config_args(p)
-    p.add_argument("--run-dir", default="runs/demo", help="where checkpoints and metrics go")
+    p = sub.add_parser("demo", help="the CPU demo: data, SFT (cached), eval, StableDRL through Ray, eval, report")
+    p.add_argument("--task", default="sudoku", choices=["sudoku", "countdown", "copy", "add"])
+    p.add_argument("--run-dir", default="runs/demo", help="where checkpoints, metrics and the report go")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the RL config (configs/demo_rl.yaml)")
+    p.add_argument("--sft-set", dest="sft_set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the SFT config")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -156,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        if type(e).__name__ != "RunStopped":
-            raise
-        print(f"stopped by the collapse monitor: {e}", file=sys.stderr)
-        return 1
+        if type(e).__name__ == "RunStopped":
+            print(f"stopped by the collapse monitor: {e}", file=sys.stderr)
+            return 1
+        if type(e).__name__ == "LearnerFailed":
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from system.rollout_io import dump_groups, load_groups
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
-from system.workers.base import WorkerCallError
+from system.workers.base import WorkerCallError, WorkerGroupError
 
 
 @dataclass
@@ -207,7 +207,12 @@ def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: Promp
     buffer.stats = BufferStats(**saved["buffer"])
     buffer.groups.clear()  # anything queued or seen after the checkpoint is from a discarded future
     buffer.seen.clear()
-    workers.learner.call("load_checkpoint", str(path))
+    try:
+        workers.learner.call("load_checkpoint", str(path))
+    except WorkerGroupError as e:  # a checkpoint that does not fit is the user's input: say so plainly
+        if "CheckpointError" in str(e):
+            raise CheckpointError(str(e)) from e
+        raise
     rng = torch.load(path / "driver_rng.pt", weights_only=False)
     for i, rng_state in enumerate(rng["rollout_rng"][: workers.rollout.size]):
         workers.rollout.call_one(i, "set_rng_state", rng_state)
@@ -273,10 +278,21 @@ def learn(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
     try:
         metrics, future = rl_step(cfg, workers, buffer, state, groups, sampler)
     except WorkerCallError as e:
-        if "FloatingPointError" not in str(e):
-            raise
-        return {"step": state.step}, None, [monitor.nonfinite_failure(state.step, str(e))]
+        if "FloatingPointError" in str(e):
+            return {"step": state.step}, None, [monitor.nonfinite_failure(state.step, str(e))]
+        raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e
+    except WorkerGroupError as e:  # a learner rank died: the run cannot continue
+        raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e
     return metrics, future, monitor.observe(state.step, metrics)
+
+
+class LearnerFailed(RuntimeError):
+    """The learner failed: the run stops, naming the error and the checkpoint to resume from."""
+
+    def __init__(self, step: int, error: BaseException, last_good: int | None, run: Path) -> None:
+        where = (f"resume with --resume {run / 'checkpoints' / f'step-{last_good}'}" if last_good is not None
+                 else "no checkpoint was written (set rollout.checkpoint_every)")
+        super().__init__(f"the learner failed at step {step}: {error}; {where}")
 
 
 def checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,

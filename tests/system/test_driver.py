@@ -140,3 +140,31 @@ def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytes
     assert [m["system/policy_version"] for m in published] == [1.0]  # only the clean step 1 was published
     for m in published:
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
+
+
+def test_a_learner_failure_stops_with_the_error_and_the_checkpoint_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import learner.learner as learner_module
+    from system.driver import LearnerFailed
+
+    real = learner_module.Learner._train_on
+    calls = {"n": 0}
+
+    def failing(self, groups):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk full (injected)")
+        return real(self, groups)
+
+    monkeypatch.setattr(learner_module.Learner, "_train_on", failing)
+    with pytest.raises(LearnerFailed, match=r"failed at step 2: .*disk full \(injected\).*--resume .*step-1"):
+        run(tmp_path, "rollout.checkpoint_every=1")
+
+
+def test_resuming_a_checkpoint_of_another_model_fails_clearly(tmp_path: Path) -> None:
+    from system.errors import CheckpointError
+
+    run(tmp_path / "small", "rollout.steps=2", "rollout.checkpoint_every=1")
+    cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'wide'}", "model.tiny.hidden_size=64"])
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        train(cfg, resume=tmp_path / "small" / "checkpoints" / "step-1")
