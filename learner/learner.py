@@ -108,6 +108,7 @@ class Learner:
         self.model = self.engine.module
         self.spikes = SpikeDetector.from_config(cfg.algorithm)
         self.updates = 0
+        self._hist: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ training
 
@@ -139,6 +140,9 @@ class Learner:
         new = self.estimator.score(self.model, plan["batch"], plan["draw"])
         old = plan["old"] if plan["old"] is not None else self.estimator.cached_old(plan["batch"], new, plan["draw"])
         out = self.loss(loss_input(self.loss, new, old, plan["ref"], mb.advantages, mb.group_ids))
+        log_ratio = (new.seq_logp.detach() - old.seq_logp.detach()).float().cpu()
+        self._hist["ratio"] += log_ratio.clamp(max=50.0).exp().tolist()
+        self._hist["log_ratio"] += log_ratio.tolist()
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"non-finite policy loss {float(out.loss)} at update {self.updates}: "
                                      f"diagnostics {out.diagnostics}")
@@ -168,12 +172,18 @@ class Learner:
                 raise
             raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
 
+    def histograms(self) -> dict[str, list[float]]:
+        """Per-sample values of the last ``train_on``: sequence-level ratios and log-ratios (every inner
+        update), and the advantages."""
+        return {k: list(v) for k, v in self._hist.items()}
+
     def _train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
         start = time.monotonic()
         self.model.train()
         spec = self.model.spec
         align = spec.block_size if spec.attention == "block" and spec.block_size else 1
         tb = build_train_batch(groups, spec.pad_token_id, self.cfg.algorithm, multiple_of=align)
+        self._hist = {"ratio": [], "log_ratio": [], "advantage": tb.advantages.tolist()}
         mbs = micro_batches(tb, self.groups_per_micro)
         if len(mbs) > self.micro_per_update:
             raise ValueError(f"{tb.num_groups} groups on rank {self.rank} exceed the configured "

@@ -363,7 +363,8 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
             metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
                             "system/rollout_restarts": float(workers.rollout.restarts()),
                             "system/reward_restarts": float(workers.reward.restarts())})
-            log.log(state.step, metrics, samples=samples(groups))
+            hist = workers.learner.call_one(0, "histograms") if state.step % cfg.logging.histogram_every == 0 else None
+            log.log(state.step, metrics, samples=samples(groups), histograms=hist)
             state.history.append(metrics)
             bar.update(reward=metrics["rollout/reward_mean"])
             if every and state.step % every == 0 and state.step < cfg.rollout.steps:

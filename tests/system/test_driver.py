@@ -168,3 +168,11 @@ def test_resuming_a_checkpoint_of_another_model_fails_clearly(tmp_path: Path) ->
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'wide'}", "model.tiny.hidden_size=64"])
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train(cfg, resume=tmp_path / "small" / "checkpoints" / "step-1")
+
+
+def test_histograms_of_ratios_and_advantages_are_logged(tmp_path: Path) -> None:
+    run(tmp_path, "logging.histogram_every=1")
+    hists = [r for r in read_records(tmp_path / "metrics.jsonl") if r["type"] == "histogram"]
+    names = {h["name"] for h in hists}
+    assert {"ratio", "log_ratio", "advantage"} <= names
+    assert all(sum(h["counts"]) == 8 for h in hists if h["name"] == "advantage")  # 2 groups x 4
