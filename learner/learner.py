@@ -109,6 +109,7 @@ class Learner:
         self.spikes = SpikeDetector.from_config(cfg.algorithm)
         self.updates = 0
         self._hist: dict[str, list[float]] = {}
+        self.probe: Any = None
 
     # ------------------------------------------------------------------ training
 
@@ -171,6 +172,21 @@ class Learner:
             if "finite" not in str(e):
                 raise
             raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
+
+    def build_probe(self, sequences: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Fix the KL-drift probe set (``logging.kl_probe_*``) with the current policy as the reference."""
+        from system.monitoring.probe import build_kl_probe
+
+        lc = self.cfg.logging
+        gen = torch.Generator().manual_seed(lc.kl_probe_seed)
+        self.probe = build_kl_probe(self.model, sequences, lc.kl_probe_mask_ratio, lc.kl_probe_samples, gen)
+        return len(sequences)
+
+    def kl_drift(self) -> dict[str, float]:
+        """``kl/drift`` and ``kl/drift_max`` of the current policy from the probe's reference."""
+        from system.monitoring.probe import kl_drift
+
+        return {} if self.probe is None else kl_drift(self.model, self.probe)
 
     def histograms(self) -> dict[str, list[float]]:
         """Per-sample values of the last ``train_on``: sequence-level ratios and log-ratios (every inner

@@ -345,7 +345,12 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
             groups = pending if pending is not None else generate(
                 workers, sampler.next(cfg.rollout.prompts_per_step), transport, state.version)
             t_gen = time.monotonic() - t0
+            if state.step == 1 and cfg.logging.kl_probe_size:  # the reference: the policy before any update
+                rollouts = [r for g in groups for r in g.rollouts][: cfg.logging.kl_probe_size]
+                workers.learner.call("build_probe", [(r.prompt_ids, r.completion_ids) for r in rollouts])
             metrics, future, events = learn(cfg, workers, buffer, state, groups, sampler, monitor)
+            if state.step % cfg.logging.kl_probe_every == 0 and cfg.logging.kl_probe_size and not events:
+                metrics.update(workers.learner.call_one(0, "kl_drift"))
             for event in events:
                 log.event(state.step, event)
             action = strongest(events)

@@ -176,3 +176,9 @@ def test_histograms_of_ratios_and_advantages_are_logged(tmp_path: Path) -> None:
     names = {h["name"] for h in hists}
     assert {"ratio", "log_ratio", "advantage"} <= names
     assert all(sum(h["counts"]) == 8 for h in hists if h["name"] == "advantage")  # 2 groups x 4
+
+
+def test_kl_drift_on_the_probe_set_grows_from_zero(tmp_path: Path) -> None:
+    _, metrics = run(tmp_path, "logging.kl_probe_every=1", "logging.kl_probe_size=4", "learner.lr=1.0e-2")
+    drift = [m["kl/drift"] for m in metrics]
+    assert all(d >= 0 for d in drift) and drift[-1] > 0
