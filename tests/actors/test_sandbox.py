@@ -220,7 +220,7 @@ def test_sleeping_past_the_timeout_kills_the_group(sandbox: ProcessSandbox) -> N
                           "'import time; time.sleep(60)'])\ntime.sleep(60)\n"
     result = sandbox.run(program, limits=SHORT)
     assert (result.status, result.reason) == ("timeout", "wall-clock limit of 1.0 s reached; the run's "
-                                                         "processes were killed")
+                                                         "processes were killed"), result.stderr[-2000:]
     assert result.wall_s >= 1.0
     assert_nothing_left(result)
     recovers(sandbox)
