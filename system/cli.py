@@ -105,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a RUN_DIR/checkpoints/step-N directory to continue from")
     p.set_defaults(func=cmd_train)
 
+    from actors.eval_cli import add_eval_parser
     from actors.tasks.cli import add_data_parser
     from system.monitoring.cli import add_report_parser
 
+    add_eval_parser(sub)
     add_data_parser(sub)
     add_report_parser(sub)
 
