@@ -14,6 +14,14 @@ blocks, as block decoding sees them; ``elbo`` then weights each masked token by 
 
 AdamW, linear warm-up then cosine decay, global-norm gradient clipping, checkpoints in HF format,
 ``metrics.jsonl`` in the run directory, and a greedy evaluation on held-out examples at the end.
+``sft.steps`` is the whole budget: lower it to stop early (the schedule follows it).
+
+Data (:func:`load_examples`): any registered task through ``actors.tasks.load_task_data``, the target
+built from the recorded solution by :func:`sft_target` (a correct answer in the layout the task's reward
+scores), and the prompt rendered exactly as the rollout worker renders it (``actors.tasks.prompts``),
+so the SFT policy is the RL starting policy. The synthetic ``copy`` / ``add`` tasks with a
+``data.train_path`` read the generic SFT layout instead: JSONL rows ``{prompt, completion}`` with the
+prompt through the plain chat template (the same ids, as these tasks carry no format instructions).
 """
 
 from __future__ import annotations
@@ -28,16 +36,23 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from actors.generate import chat_prompt_ids, generate_texts
-from actors.tasks.synthetic import TextExample, train_test
+from actors.decoding.reference import ReferenceDecoder
+from actors.generate import chat_prompt_ids, completion_text, stop_ids
+from actors.tasks import load_task_data
+from actors.tasks.prompts import PLAIN_TASKS, PromptStyle, prompt_ids
+from actors.tasks.synthetic import TextExample
 from learner.estimators.staircase import align_prompt, block_size_of
 from system.config import Config, DataConfig, dump_config
 from system.data import DataError, read_jsonl
 from system.diffusion import forward_mask, left_pad, positions_from_padding, sample_t
+from system.errors import ConfigError
 from system.models.base import DiffusionModel
 from system.models.build import build_policy, save_policy
 from system.progress import Progress
 from system.staircase import staircase_logits
+from system.types import Example
+
+DEFAULT_STYLE = PromptStyle()
 
 
 @dataclass
@@ -47,24 +62,78 @@ class SFTBatch:
     completion: torch.Tensor  # [B, L] target tokens, EOS-padded
 
 
-def load_examples(cfg: DataConfig) -> tuple[list[TextExample], list[TextExample]]:
-    """Train / test examples from JSONL files (fields ``prompt``, ``completion``) or the generator."""
-    if cfg.train_path is None:
-        return train_test(cfg.task, cfg.num_train, cfg.num_test, cfg.seed)
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised example of a registered task: the target ``completion`` and the RL ``example``
+    whose prompt is rendered as the rollout worker renders it; ``prompt`` is the task text (for display)."""
 
-    def read(path: str) -> list[TextExample]:
-        rows = read_jsonl(path, required=("prompt", "completion"))
-        return [TextExample(str(r.get("id", i)), r["prompt"], r["completion"]) for i, r in enumerate(rows)]
+    id: str
+    prompt: str
+    completion: str
+    example: Example
 
-    train = read(cfg.train_path)
-    test = read(cfg.test_path) if cfg.test_path else []
-    return train, test
+
+def _answer_block(answer: str, style: PromptStyle) -> str:
+    # The default reward's layout check wants one </reasoning> before the answer; an empty reasoning
+    # keeps the target short. With a prefilled "<reasoning>\n" the prompt already opened it.
+    opening = "" if style.prefill_reasoning else "<reasoning>\n"
+    return f"{opening}</reasoning>\n<answer>\n{answer}\n</answer>"
+
+
+def sft_target(example: Example, style: PromptStyle = DEFAULT_STYLE) -> str:
+    """The completion SFT teaches for ``example``: a correct answer from its recorded solution, in the
+    layout its reward parses (sudoku: the solved grid's digits; countdown: the recorded expression;
+    copy / add: the bare answer, as their reward compares the whole completion).
+
+    Raises:
+        DataError: the example has no recorded solution (countdown rows without ``solution``).
+        ConfigError: the task has no SFT target (give JSONL ``{prompt, completion}`` rows instead).
+    """
+    ref = example.reference
+    if example.task in PLAIN_TASKS:
+        return str(ref["answer"])
+    if example.task == "sudoku":
+        return _answer_block(str(ref["solution"]), style)
+    if example.task == "countdown":
+        if not ref.get("solution"):
+            raise DataError(f"countdown example {example.id}: no recorded 'solution' to fine-tune on; add a "
+                            "'solution' field to the data rows, or generate the data (data.train_path unset)")
+        return _answer_block(str(ref["solution"]), style)
+    raise ConfigError(f"task {example.task!r} has no SFT target builder (sudoku, countdown, copy, add have); "
+                      "for SFT on it, write JSONL rows {prompt, completion} and use data.task copy with data.train_path")
+
+
+def load_examples(cfg: DataConfig) -> tuple[list[TextExample | SFTExample], list[TextExample | SFTExample]]:
+    """Train / test examples: the task's data with targets from :func:`sft_target`, or (synthetic
+    tasks with ``data.train_path``) generic JSONL rows with fields ``prompt`` and ``completion``."""
+    if cfg.train_path is not None and cfg.task in PLAIN_TASKS:
+
+        def read(path: str) -> list[TextExample]:
+            rows = read_jsonl(path, required=("prompt", "completion"))
+            return [TextExample(str(r.get("id", i)), r["prompt"], r["completion"]) for i, r in enumerate(rows)]
+
+        return read(cfg.train_path), read(cfg.test_path) if cfg.test_path else []
+    style = PromptStyle.from_config(cfg)
+    train, test = load_task_data(cfg)
+    return ([SFTExample(ex.id, ex.prompt, sft_target(ex, style), ex) for ex in train],
+            [SFTExample(ex.id, ex.prompt, sft_target(ex, style), ex) for ex in test])
+
+
+def example_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, example: TextExample | SFTExample, style: PromptStyle, max_prompt_length: int
+) -> list[int]:
+    """Prompt ids of an SFT example: the rollout worker's rendering for task examples, the plain chat
+    template for generic ``{prompt, completion}`` rows."""
+    if isinstance(example, SFTExample):
+        return prompt_ids(tokenizer, example.example, style, max_prompt_length)
+    return chat_prompt_ids(tokenizer, example.prompt, max_prompt_length)
 
 
 def encode_examples(
-    tokenizer: PreTrainedTokenizerBase, examples: list[TextExample], gen_length: int, eos_id: int,
-    max_prompt_length: int,
+    tokenizer: PreTrainedTokenizerBase, examples: list[TextExample | SFTExample], gen_length: int, eos_id: int,
+    max_prompt_length: int, style: PromptStyle = DEFAULT_STYLE,
 ) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids EOS-padded to ``gen_length``) per example."""
     encoded = []
     for ex in examples:
         completion = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
@@ -73,7 +142,7 @@ def encode_examples(
                 f"example {ex.id}: completion has {len(completion)} tokens, decoding.gen_length is {gen_length}; "
                 "raise gen_length or shorten the completion (one EOS must fit)"
             )
-        prompt = chat_prompt_ids(tokenizer, ex.prompt, max_prompt_length)
+        prompt = example_prompt_ids(tokenizer, ex, style, max_prompt_length)
         encoded.append((prompt, completion + [eos_id] * (gen_length - len(completion))))
     return encoded
 
@@ -143,13 +212,20 @@ def lr_lambda(warmup: int, total: int):  # noqa: ANN201 - a LambdaLR schedule
 
 
 def exact_match(
-    model: DiffusionModel, tokenizer: PreTrainedTokenizerBase, examples: list[TextExample], cfg: Config
+    model: DiffusionModel, tokenizer: PreTrainedTokenizerBase, examples: list[TextExample | SFTExample], cfg: Config,
+    batch_size: int = 32,
 ) -> tuple[float, list[dict]]:
-    """Greedy-decode ``examples`` and compare the completion text with the target, stripped."""
-    params = cfg.decoding.model_copy(update={"temperature": 0.0})
-    texts, _ = generate_texts(
-        model, tokenizer, [e.prompt for e in examples], params, max_prompt_length=cfg.data.max_prompt_length
-    )
+    """Greedy-decode ``examples`` (prompts rendered as in training) and compare the completion text with
+    the target, stripped."""
+    decoder = ReferenceDecoder(model, cfg.decoding.model_copy(update={"temperature": 0.0}))
+    style, stops = PromptStyle.from_config(cfg.data), stop_ids(model)
+    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)  # only random remasking draws
+    texts: list[str] = []
+    for lo in range(0, len(examples), batch_size):
+        chunk = [example_prompt_ids(tokenizer, e, style, cfg.data.max_prompt_length)
+                 for e in examples[lo:lo + batch_size]]
+        out = decoder.generate(chunk, generator)
+        texts += [completion_text(tokenizer, row.tolist(), stops) for row in out.completion_ids]
     samples = [
         {"id": e.id, "prompt": e.prompt, "target": e.completion, "output": text, "correct": text.strip() == e.completion.strip()}
         for e, text in zip(examples, texts)
@@ -165,7 +241,8 @@ def run_sft(cfg: Config) -> dict:
     model, tokenizer = build_policy(cfg.model, cfg.seed)
     train, test = load_examples(cfg.data)
     spec = model.spec
-    rows = encode_examples(tokenizer, train, cfg.decoding.gen_length, spec.eos_token_id, cfg.data.max_prompt_length)
+    rows = encode_examples(tokenizer, train, cfg.decoding.gen_length, spec.eos_token_id, cfg.data.max_prompt_length,
+                           PromptStyle.from_config(cfg.data))
     s = cfg.sft
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=cfg.learner.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup_steps, s.steps))
@@ -183,11 +260,11 @@ def run_sft(cfg: Config) -> dict:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
-            record = {"step": step, "sft/loss": float(loss), "sft/grad_norm": grad_norm,
+            losses.append(float(loss.detach()))
+            record = {"step": step, "sft/loss": float(loss.detach()), "sft/grad_norm": grad_norm,
                       "sft/lr": scheduler.get_last_lr()[0], **{f"sft/{k}": v for k, v in stats.items()}}
             metrics.write(json.dumps(record) + "\n")
-            bar.update(loss=float(loss))
+            bar.update(loss=float(loss.detach()))
             if s.save_every and step % s.save_every == 0 and step < s.steps:
                 save_policy(model, tokenizer, out / f"checkpoint-{step}")
     bar.close()
@@ -201,3 +278,27 @@ def run_sft(cfg: Config) -> dict:
         (out / "samples.json").write_text(json.dumps(samples[:20], indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def sft_cache_key(cfg: Config) -> str:
+    """A short hash of everything that shapes the SFT checkpoint (the resolved config without
+    ``output_dir`` and ``logging``)."""
+    import hashlib
+
+    data = cfg.model_dump(mode="json", exclude={"output_dir", "logging"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_sft(cfg: Config, cache_root: str | Path) -> dict:
+    """:func:`run_sft` into ``cache_root/sft-<key>`` unless a finished run of the same config is there;
+    returns its summary with ``cached`` telling which. A run counts as finished once its
+    ``summary.json`` is written (the last thing :func:`run_sft` does)."""
+    out = Path(cache_root) / f"sft-{sft_cache_key(cfg)}"
+    done = out / "summary.json"
+    if done.is_file() and (out / "final").is_dir():
+        return {**json.loads(done.read_text()), "cached": True}
+    if out.exists():  # an interrupted run: start it over
+        import shutil
+
+        shutil.rmtree(out)
+    return {**run_sft(cfg.model_copy(update={"output_dir": str(out)})), "cached": False}
