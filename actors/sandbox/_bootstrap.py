@@ -373,6 +373,10 @@ def setup(cfg: dict, prot: dict, notes: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    # The interpreter's real path: a private /tmp (or a covered home) may hide the path it was started
+    # by (e.g. a venv under /tmp), while its real directories are bound back in; programs that run
+    # sys.executable must find it.
+    sys.executable = os.path.realpath(sys.executable)
     cfg = parse_config(argv[1:])
     reporter = Reporter(cfg["status_fd"])
     prot: dict[str, bool] = {"process_group": True}
