@@ -21,11 +21,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stabledrl demo
 
+# The venv's bin first on PATH: Ray jobs started by the tests run `stabledrl` / `python` from it.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" tests
+	$(RUN) $(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" tests
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow tests
+	$(RUN) $(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check system actors learner bench tests
