@@ -25,9 +25,12 @@ the last ``W = 5`` steps up to t, fewer at the start):
   before the run ends; None when there is no such step;
 - ``grad_spikes``: learner-flagged spikes (pre-clip gradient norm > ``algorithm.spike_factor`` x the
   running median, after 10 updates), summed over steps;
-- ``max_ratio``: the largest per-step ``loss/ratio_max`` (the step's raw estimated ratio maximum,
-  averaged over its inner updates by the driver); ``mean_ess``: the mean over steps of ``loss/ess``
+- ``max_ratio``: the largest per-step ``ratio/max`` (the step's raw estimated ratio maximum,
+  averaged over its inner updates by the driver); ``mean_ess``: the mean over steps of ``ratio/ess``
   (1 / sum w_bar^2 per group, G for equal weights) and ``mean_ess_fraction`` (ess / G);
+- ``error``: a run that stops on an error (e.g. a non-finite loss) keeps the steps it logged, counts
+  as collapsed at its last logged step, and carries the message. The collapse monitor only alerts
+  (``monitor.action: alert``, also for NaN): a rollback would hide the collapse under study.
 - ``test_score``: greedy ``actors.evaluate`` score of the final checkpoint on ``--eval-limit`` test
   examples (0: skipped).
 
@@ -58,6 +61,9 @@ sys.path.insert(0, str(REPO))
 SFT_CONFIG = REPO / "configs" / "demo_sudoku_sft.yaml"
 RL_CONFIG = REPO / "configs" / "demo_rl.yaml"
 WINDOW = 5
+BENCH = ["cluster.mode=local", "logging.progress=false", "logging.wandb_mode=disabled", "logging.kl_probe_size=0",
+         "logging.table_every=0", "logging.histogram_every=1000000", "monitor.action=alert",
+         "monitor.nonfinite_action=alert"]
 COLLAPSE_FRACTION = 0.5
 NOISY = ["algorithm.estimator=elbo", "algorithm.coupling=independent", "algorithm.num_mc_samples=1",
          "algorithm.elbo_weighting=mean", "learner.inner_updates=4"]
@@ -92,6 +98,8 @@ def collapse_step(smooth: list[float], fraction: float = COLLAPSE_FRACTION) -> i
 
 def run_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """The per-run numbers of the module docstring from a run's metrics records."""
+    if not metrics:
+        raise ValueError("the run logged no RL step")
     rewards = [float(m["rollout/reward_mean"]) for m in metrics]
     smooth = smoothed(rewards)
     best = max(smooth)
@@ -99,15 +107,15 @@ def run_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     def values(key: str) -> list[float]:
         return [float(m[key]) for m in metrics if key in m and math.isfinite(float(m[key]))]
 
-    ratios, ess, ess_frac = values("loss/ratio_max"), values("loss/ess"), values("loss/ess_fraction")
+    ratios, ess, ess_frac = values("ratio/max"), values("ratio/ess"), values("ratio/ess_fraction")
     return {
         "final_reward": smooth[-1], "best_reward": best, "fall_from_best": best - smooth[-1],
         "collapse_step": collapse_step(smooth), "grad_spikes": int(sum(values("grad/spikes"))),
         "max_ratio": max(ratios) if ratios else None, "mean_ess": statistics.fmean(ess) if ess else None,
         "mean_ess_fraction": statistics.fmean(ess_frac) if ess_frac else None,
-        "rewards": rewards, "smoothed": smooth, "ratio_max": [float(m.get("loss/ratio_max", math.nan)) for m in metrics],
+        "rewards": rewards, "smoothed": smooth, "ratio_max": [float(m.get("ratio/max", math.nan)) for m in metrics],
         "grad_norm": [float(m.get("grad/pre_clip_norm", math.nan)) for m in metrics],
-        "ess_fraction": [float(m.get("loss/ess_fraction", math.nan)) for m in metrics],
+        "ess_fraction": [float(m.get("ratio/ess_fraction", math.nan)) for m in metrics],
     }
 
 
@@ -142,30 +150,44 @@ def sft_checkpoint(args: argparse.Namespace) -> str:
     return summary["checkpoint"]
 
 
-def train_one(method: str, seed: int, sft: str, args: argparse.Namespace) -> dict[str, Any]:
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's per-step metrics under their canonical names (system/monitoring/names.py)."""
+    from system.monitoring.names import canonical_metrics
+    from system.monitoring.records import latest_by_step, read_records
+
+    path = run_dir / "metrics.jsonl"
+    return [canonical_metrics(r) for r in latest_by_step(read_records(path))] if path.is_file() else []
+
+
+def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward_worker: Any) -> dict[str, Any]:
     from system.config import load_config
     from system.driver import train
 
     run_dir = Path(args.out) / "runs" / f"{method}-seed{seed}"
     overrides = [f"model.path={sft}", f"seed={seed}", f"rollout.steps={args.steps}", f"output_dir={run_dir}",
-                 "cluster.mode=local", "logging.progress=false", "logging.wandb_mode=disabled",
-                 *METHODS[method], *args.set]
+                 *BENCH, *METHODS[method], *args.set]
     cfg = load_config(RL_CONFIG, overrides)
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    start = time.monotonic()
-    with contextlib.redirect_stdout(sys.stderr):
-        train(cfg)
+    start, error = time.monotonic(), None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            train(cfg)
+    except Exception as e:  # e.g. a non-finite loss: the run collapsed; keep what it logged
+        error = f"{type(e).__name__}: {e}"
+        log(f"  the run stopped: {error}")
     seconds = time.monotonic() - start
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    stats = {"method": method, "seed": seed, "seconds": seconds, **run_stats(metrics)}
-    if args.eval_limit:
+    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir))}
+    if error is not None and stats["collapse_step"] is None:
+        stats["collapse_step"] = len(stats["rewards"])
+    final = run_dir / "final"
+    if args.eval_limit and final.is_dir():
         from actors.evaluate import evaluate
 
         with contextlib.redirect_stdout(sys.stderr):
-            stats["test_score"] = evaluate(cfg, run_dir / "final", limit=args.eval_limit)["score"]
+            stats["test_score"] = evaluate(cfg, final, limit=args.eval_limit, reward_worker=reward_worker)["score"]
     return stats
 
 
@@ -231,14 +253,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.monotonic()
     sft = sft_checkpoint(args)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
-    for seed in args.seeds:
-        for method in args.methods:
-            log(f"{method} seed {seed}: {args.steps} steps")
-            stats = train_one(method, seed, sft, args)
-            runs[method].append(stats)
-            log(f"  final {stats['final_reward']:.3f} best {stats['best_reward']:.3f} collapse "
-                f"{stats['collapse_step']} spikes {stats['grad_spikes']} max ratio {stats['max_ratio']:.3g} "
-                f"test {stats.get('test_score')} ({stats['seconds']:.0f} s)")
+    from actors.reward_worker import RewardWorker
+    from system.config import load_config
+
+    with RewardWorker(load_config(RL_CONFIG).reward) as reward_worker:
+        for seed in args.seeds:
+            for method in args.methods:
+                log(f"{method} seed {seed}: {args.steps} steps")
+                stats = train_one(method, seed, sft, args, reward_worker)
+                runs[method].append(stats)
+                log(f"  final {stats['final_reward']:.3f} best {stats['best_reward']:.3f} collapse "
+                    f"{stats['collapse_step']} spikes {stats['grad_spikes']} max ratio {stats['max_ratio']} "
+                    f"test {stats.get('test_score')} ({stats['seconds']:.0f} s)")
     plot(runs, out / "stability.png")
     (out / "runs.json").write_text(json.dumps(runs))
     result = {"bench": "stability", "sft_checkpoint": sft, "steps": args.steps, "seeds": args.seeds,
