@@ -235,6 +235,9 @@ def exact_match(
 
 def run_sft(cfg: Config) -> dict:
     """Train, checkpoint and evaluate; returns the summary also written to ``summary.json``."""
+    from system.malloc import tune_malloc
+
+    tune_malloc()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")

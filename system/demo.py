@@ -2,8 +2,8 @@
 
 1. generate the task's data (sudoku 4x4 by default: unique-solution puzzles, test split sharing no
    solution grid with training; ``--task countdown`` or ``copy`` / ``add`` by flag);
-2. masked-diffusion SFT of the tiny model to a partial-credit starting policy (cached: a second run
-   with the same SFT config reuses the checkpoint);
+2. masked-diffusion SFT of the tiny model to a partial-credit starting policy (cached under
+   ``RUN/sft/sft-<hash of the SFT config>``: a second run with the same config reuses it);
 3. evaluate it on the test split (greedy, the reward's own scoring);
 4. StableDRL through the Ray path on a local cluster bound to 127.0.0.1: rollout actor, reward
    worker, DeepSpeed learner, weight transport through the Ray object store; wandb offline;
@@ -18,32 +18,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from system.config import Config, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def sft_config(task: str, run_dir: Path, overrides: list[str]) -> Config:
+def sft_config(task: str, overrides: list[str], seed: int = 0) -> Config:
+    """The SFT stage. ``seed`` seeds the model's init, the data order and the masks; the task data
+    (``data.seed``) stays fixed, so every seed is scored on the same test split."""
     base = CONFIGS / ("demo_sudoku_sft.yaml" if task == "sudoku" else "tiny_sft.yaml")
-    return load_config(base, [f"data.task={task}", f"output_dir={run_dir / 'sft'}", *overrides])
-
-
-def cached_sft(cfg: Config) -> tuple[str, bool]:
-    """The SFT checkpoint for ``cfg``: reused when a finished run with the same config exists."""
-    from learner.sft import run_sft
-
-    out = Path(cfg.output_dir)
-    final, saved = out / "final", out / "config.yaml"
-    wanted = cfg.model_dump(mode="json")
-    if (final / "config.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == wanted:
-        return str(final), True
-    return run_sft(cfg)["checkpoint"], False
+    return load_config(base, [f"data.task={task}", f"seed={seed}", *overrides])
 
 
 def rl_config(sft: Config, checkpoint: str, run_dir: Path, overrides: list[str]) -> Config:
-    cfg = load_config(CONFIGS / "demo_rl.yaml", [f"output_dir={run_dir / 'rl'}", *overrides])
+    """The RL stage (configs/demo_rl.yaml) from ``checkpoint``, with the SFT stage's task data, seed and
+    decoding shape, so the policy is trained and scored on what it was fine-tuned on."""
+    cfg = load_config(CONFIGS / "demo_rl.yaml", [f"output_dir={run_dir / 'rl'}", f"seed={sft.seed}", *overrides])
     update = {"model": cfg.model.model_copy(update={"path": checkpoint}), "data": sft.data,
               "decoding": cfg.decoding.model_copy(update={
                   k: getattr(sft.decoding, k) for k in ("gen_length", "block_length", "steps")})}
@@ -61,14 +51,16 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 
 def run_demo(task: str, run_dir: Path, sft_overrides: list[str], rl_overrides: list[str],
-             limit: int | None) -> dict[str, Any]:
+             limit: int | None, seed: int = 0) -> dict[str, Any]:
     from actors.evaluate import evaluate
+    from learner.sft import cached_sft
     from system.driver import train
     from system.monitoring.report import write_report
 
     start = time.monotonic()
-    sft = sft_config(task, run_dir, sft_overrides)
-    checkpoint, cached = cached_sft(sft)
+    sft = sft_config(task, sft_overrides, seed)
+    stage = cached_sft(sft, run_dir / "sft")  # RUN/sft/sft-<hash of the config>: a second run reuses it
+    checkpoint, cached = stage["checkpoint"], stage["cached"]
     before = evaluate(sft, checkpoint, limit)
     rl = rl_config(sft, checkpoint, run_dir, rl_overrides)
     summary = train(rl)
@@ -76,7 +68,7 @@ def run_demo(task: str, run_dir: Path, sft_overrides: list[str], rl_overrides: l
     report = write_report(Path(rl.output_dir))
     print("\n" + table(before, after))
     return {
-        "task": task, "score_before": round(before["score"], 4), "score_after": round(after["score"], 4),
+        "task": task, "seed": seed, "score_before": round(before["score"], 4), "score_after": round(after["score"], 4),
         "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
         "test_examples": after["examples"], "steps": summary["steps"], "algorithm": rl.algorithm.name,
         "cluster": rl.cluster.mode, "sft_cached": cached, "report": str(report.get("png", "")),

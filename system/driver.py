@@ -31,6 +31,7 @@ from learner.learner import Learner
 from system.buffer import BufferStats, RolloutBuffer
 from system.config import Config, dump_config
 from system.errors import CheckpointError, ConfigError
+from system.malloc import tune_malloc
 from system.monitoring.logger import RunLogger
 from system.monitoring.monitor import CollapseMonitor, MonitorEvent, strongest
 from system.monitoring.names import rollout_metrics as monitored_rollout_metrics
@@ -313,6 +314,7 @@ def roll_back(workers: Workers, transport: WeightTransport, sampler: PromptSampl
 
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Run RL steps up to ``rollout.steps`` (continuing a checkpoint with ``resume``); returns a summary."""
+    tune_malloc()  # this process's local workers (system/malloc.py); Ray actors tune their own
     run = Path(run_dir or cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")

@@ -60,9 +60,16 @@ _LIVE_GROUPS: weakref.WeakSet[RayWorkerGroup] = weakref.WeakSet()  # for "this r
 class _Host:
     """Runs inside the actor process: builds the worker instance, then calls its methods by name."""
 
-    def __init__(self, cls: type, args: tuple, kwargs: dict, build: bool) -> None:
+    def __init__(self, cls: type, args: tuple, kwargs: dict, build: bool, threads: int | None = None) -> None:
+        from system.malloc import tune_malloc
+
+        tune_malloc()
         self.incarnation = uuid.uuid4().hex
         self.instance: Any = None
+        if threads is not None:  # before the worker builds anything (cluster.torch_threads)
+            import torch
+
+            torch.set_num_threads(threads)
         if build:
             self.instance = cls(*args, **kwargs)
 
@@ -143,16 +150,24 @@ class RayWorkerGroup(WorkerGroup):
     # ------------------------------------------------------------------------------------------ start
 
     def _options(self, cfg: ClusterConfig, i: int, max_restarts: int, max_concurrency: int) -> dict[str, Any]:
-        return {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus, "max_restarts": max_restarts,
-                "max_task_retries": 0, "max_concurrency": max_concurrency, "namespace": cfg.namespace,
-                "name": f"{self.role}-{i}-{uuid.uuid4().hex[:8]}"}
+        options = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus, "max_restarts": max_restarts,
+                   "max_task_retries": 0, "max_concurrency": max_concurrency, "namespace": cfg.namespace,
+                   "name": f"{self.role}-{i}-{uuid.uuid4().hex[:8]}"}
+        if cfg.torch_threads is not None:
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch.set_num_threads alone then runs at about
+            # half speed (the OpenMP / MKL pools keep the env's size), so the env goes in too (merged with
+            # the job's runtime env).
+            n = str(cfg.torch_threads)
+            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}}
+        return options
 
     def _start_workers(self, cfg: ClusterConfig, args: tuple, kwargs: dict, extra: list[dict],
                        max_concurrency: int) -> None:
         host = ray.remote(_Host)
         for i in range(self.size):
             options = self._options(cfg, i, cfg.max_restarts, max_concurrency)
-            self._actors.append(host.options(**options).remote(self.cls, args, {**kwargs, **extra[i]}, True))
+            actor = host.options(**options).remote(self.cls, args, {**kwargs, **extra[i]}, True, cfg.torch_threads)
+            self._actors.append(actor)
         self._incarnations = self._await_started([actor.ping.remote() for actor in self._actors], "start")
 
     def _start_ranks(self, cfg: ClusterConfig, args: tuple, kwargs: dict, extra: list[dict]) -> None:
@@ -170,7 +185,9 @@ class RayWorkerGroup(WorkerGroup):
         for i in range(self.size):
             strategy = PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=i)
             options = self._options(cfg, i, 0, 1)
-            self._actors.append(host.options(scheduling_strategy=strategy, **options).remote(self.cls, (), {}, False))
+            actor = host.options(scheduling_strategy=strategy, **options).remote(self.cls, (), {}, False,
+                                                                                 cfg.torch_threads)
+            self._actors.append(actor)
         addresses = self._await_started([actor.address.remote() for actor in self._actors], "start")
         master_addr, master_port = addresses[0]
         local_rank: dict[str, int] = {}

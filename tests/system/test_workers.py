@@ -97,6 +97,15 @@ def test_local_and_ray_groups_give_the_same_results(ray_cfg: ClusterConfig, scal
 
 
 @pytest.mark.timeout(300)
+def test_torch_threads_of_the_actors(ray_cfg: ClusterConfig) -> None:
+    """cluster.torch_threads sets torch's threads in every actor, whatever CPUs it holds (1 here)."""
+    with _groups("ray", ray_cfg.model_copy(update={"torch_threads": 3})) as group:
+        for threads, omp, pythonpath in group.call("torch_threads"):
+            assert (threads, omp) == (3, "3")
+            assert str(HERE) in (pythonpath or "")  # the job's runtime env still applies
+
+
+@pytest.mark.timeout(300)
 def test_errors_name_the_worker_and_the_item(ray_cfg: ClusterConfig, scaled: dict[str, WorkerGroup]) -> None:
     for kind, group in scaled.items():
         with pytest.raises(WorkerCallError, match=r"rollout\[1\]\.check_positive \(item 1\) raised ValueError") as info:

@@ -32,6 +32,13 @@ class Counter:
     def square(self, x: int) -> int:
         return x * x * self.scale
 
+    def torch_threads(self) -> tuple[int, str | None, str | None]:
+        """torch's intra-op threads in this worker's process, OMP_NUM_THREADS, and another variable of the
+        job's runtime env (kept when the actor adds its own)."""
+        import torch
+
+        return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.environ.get("PYTHONPATH")
+
     def slow_square(self, x: int, delay_s: float) -> tuple[int, int]:
         """x * x after ``delay_s`` seconds, and the pid of the process that computed it."""
         time.sleep(delay_s)

@@ -1,0 +1,81 @@
+"""`stabledrl demo` end to end at a tiny budget: data, SFT (then cached), eval, RL, eval, report, the
+final JSON line; the Ray path with wandb offline in the slow tier; the acceptance summary of
+bench/demo_seeds.py on hand-written numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.demo_seeds import summarize
+from system.demo import run_demo
+
+REPO = Path(__file__).resolve().parents[2]
+SFT = ["sft.steps=12", "sft.eval_examples=4", "sft.warmup_steps=2", "data.num_train=48", "data.num_test=8"]
+RL = ["rollout.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", "learner.micro_batch_size=8",
+      "logging.progress=false"]
+
+
+def test_demo_local_then_cached_sft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [*RL, "cluster.mode=local", "logging.wandb_mode=disabled"]
+    result = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=1)
+    assert result["steps"] == 2 and result["seed"] == 1 and result["test_examples"] == 4
+    assert not result["sft_cached"] and result["cluster"] == "local" and result["algorithm"] == "stabledrl"
+    for key in ("score_before", "score_after"):
+        assert 0.0 <= result[key] <= 1.0
+    assert Path(result["report"]).is_file() and (tmp_path / "rl" / "report.html").is_file()
+    table = capsys.readouterr().out
+    assert "after SFT" in table and "after RL" in table and "score (mean reward)" in table
+    # the RL run started from the SFT checkpoint and trained with the SFT stage's seed
+    (sft_dir,) = (tmp_path / "sft").glob("sft-*")
+    rl_config = (tmp_path / "rl" / "config.yaml").read_text()
+    assert str(sft_dir / "final") in rl_config and "seed: 1" in rl_config
+
+    weights = next((sft_dir / "final").glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    again = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=1)
+    assert again["sft_cached"] and weights.stat().st_mtime_ns == stamp
+    assert again["score_before"] == result["score_before"]  # the same checkpoint, greedy decoding
+    # another seed is another SFT run: the cache is keyed by the whole config
+    other = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=2)
+    assert not other["sft_cached"] and len(list((tmp_path / "sft").glob("sft-*"))) == 2
+
+
+def test_acceptance_summary_by_hand() -> None:
+    runs = [{"seed": 0, "score_before": 0.50, "score_after": 0.60},
+            {"seed": 1, "score_before": 0.52, "score_after": 0.58},
+            {"seed": 2, "score_before": 0.51, "score_after": 0.62}]
+    s = summarize(runs)
+    assert s["gain"] == pytest.approx([0.10, 0.06, 0.11])
+    assert s["mean_gain"] == pytest.approx(0.09)
+    assert s["spread_after"] == pytest.approx(0.04) and s["spread_before"] == pytest.approx(0.02)
+    assert s["beats_spread"]
+    # gains 0.10, 0.06, 0.19: a mean gain inside the spread of the after-RL scores does not count
+    runs[2]["score_after"] = 0.70
+    s = summarize(runs)
+    assert s["spread_after"] == pytest.approx(0.12) and s["mean_gain"] == pytest.approx(0.35 / 3)
+    assert not s["beats_spread"]
+    # nor does a seed that lost ground
+    runs[2]["score_after"], runs[1]["score_after"] = 0.62, 0.51
+    assert not summarize(runs)["beats_spread"]
+
+
+@pytest.mark.slow
+def test_demo_command_through_ray_with_wandb_offline(tmp_path: Path) -> None:
+    """The README's command at a tiny budget: a local Ray cluster on 127.0.0.1 (configs/demo_rl.yaml),
+    wandb offline, and one JSON object as the last stdout line."""
+    cmd = [sys.executable, "-m", "system.cli", "demo", "--run-dir", str(tmp_path), "--limit", "4"]
+    cmd += [a for o in RL for a in ("--set", o)] + [a for o in SFT for a in ("--sft-set", o)]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["cluster"] == "ray" and result["wandb"] == "offline" and result["steps"] == 2
+    assert {"score_before", "score_after", "steps", "seconds"} <= set(result)
+    assert list((tmp_path / "rl" / "wandb").glob("offline-run-*")), "no offline wandb run was written"
+    assert Path(result["report"]).is_file()
