@@ -405,9 +405,10 @@ class ClusterConfig(Section):
         "or on a live one) before it fails; the worker group re-issues, not Ray, so each result comes back once."
     )
     torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="torch intra-op threads of each Ray actor (None: Ray's default, the "
-        "actor's whole CPUs, at least 1). In sync mode the roles take turns, so on a small machine the rollout and "
-        "learner actors can each use every core although their fractional CPUs add up to the machine.",
+        None, ge=1, le=1024, description="torch / OpenMP / MKL threads of each Ray actor, set through its "
+        "OMP_NUM_THREADS and MKL_NUM_THREADS (None: Ray's default, the actor's whole CPUs, at least 1). In "
+        "sync mode the roles take turns, so on a small machine the rollout and learner actors can each use "
+        "every core although their fractional CPUs add up to the machine.",
     )
     startup_timeout_s: float = Field(
         600.0, gt=0, le=86400, description="How long a worker may take to start (or restart) before it is an error."

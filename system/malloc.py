@@ -10,7 +10,8 @@ that up to the peak working set stays resident between steps (the CUDA caching a
 same trade on the GPU).
 
 :func:`tune_malloc` applies it in the current process (``mallopt``, effective for later allocations):
-the CLI calls it at start and every Ray actor of a worker group calls it before building its worker.
+the CLI, ``system.driver.train`` and ``learner.sft.run_sft`` call it (for library use without the CLI),
+and every Ray actor of a worker group calls it before building its worker.
 ``STABLEDRL_MALLOC_TUNING=0`` turns it off; it is a no-op where the C library is not glibc.
 """
 

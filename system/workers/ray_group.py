@@ -155,8 +155,8 @@ class RayWorkerGroup(WorkerGroup):
                    "name": f"{self.role}-{i}-{uuid.uuid4().hex[:8]}"}
         if cfg.torch_threads is not None:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch.set_num_threads alone then runs at about
-            # half speed (the OpenMP / MKL pools keep the env's size), so the env goes in too (merged with
-            # the job's runtime env).
+            # half speed (the OpenMP / MKL pools keep the env's size), and the env alone caps torch at the
+            # machine's cores, so the actor gets both (the env merged with the job's runtime env).
             n = str(cfg.torch_threads)
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}}
         return options
