@@ -31,7 +31,7 @@ class RolloutWorker:
         self.model.eval().requires_grad_(False)
         self.decoder = ReferenceDecoder(self.model, cfg.decoding)
         self.generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + worker_index)
-        self.style = PromptStyle(boxed=cfg.data.prompt_boxed)
+        self.style = PromptStyle.from_config(cfg.data)  # as evaluation and SFT render prompts
         self.version = WeightVersion(0, "initial")
         self._lock = threading.Lock()
         self._stops = stop_ids(self.model)
@@ -84,6 +84,14 @@ class RolloutWorker:
                          rollouts=rollouts[i * g:(i + 1) * g], policy_version=version)
             for i, ex in enumerate(examples)
         ]
+
+    def decode_greedy(self, examples: list[Example]) -> list[tuple[str, int]]:
+        """One greedy completion per example with the live weights, as ``stabledrl eval`` decodes
+        (actors/evaluate.py): the driver's periodic test-split evaluation (``rollout.eval_every``)."""
+        from actors.evaluate import decode_split
+
+        with self._lock:
+            return decode_split(self.model, self.tokenizer, examples, self.cfg, greedy=True)
 
     def _decode(self, rows: list[tuple[Example, list[int]]], version: int) -> list[Rollout]:
         start = time.monotonic()

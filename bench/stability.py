@@ -62,7 +62,7 @@ SFT_CONFIG = REPO / "configs" / "demo_sudoku_sft.yaml"
 RL_CONFIG = REPO / "configs" / "demo_rl.yaml"
 WINDOW = 5
 BENCH = ["cluster.mode=local", "logging.progress=false", "logging.wandb_mode=disabled", "logging.kl_probe_size=0",
-         "logging.table_every=0", "logging.histogram_every=1000000", "monitor.action=alert",
+         "logging.table_every=0", "logging.histogram_every=1000000", "rollout.eval_every=0", "monitor.action=alert",
          "monitor.nonfinite_action=alert"]
 COLLAPSE_FRACTION = 0.5
 NOISY = ["algorithm.estimator=elbo", "algorithm.coupling=independent", "algorithm.num_mc_samples=1",
@@ -156,7 +156,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     from system.monitoring.records import latest_by_step, read_records
 
     path = run_dir / "metrics.jsonl"
-    return [canonical_metrics(r) for r in latest_by_step(read_records(path))] if path.is_file() else []
+    records = [canonical_metrics(r) for r in latest_by_step(read_records(path))] if path.is_file() else []
+    return [r for r in records if "rollout/reward_mean" in r]  # RL steps (not a step-0 evaluation)
 
 
 def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward_worker: Any) -> dict[str, Any]:

@@ -299,7 +299,8 @@ def cached_sft(cfg: Config, cache_root: str | Path) -> dict:
     out = Path(cache_root) / f"sft-{sft_cache_key(cfg)}"
     done = out / "summary.json"
     if done.is_file() and (out / "final").is_dir():
-        return {**json.loads(done.read_text()), "cached": True}
+        # the checkpoint where it is now: a cache directory may have been moved since it was written
+        return {**json.loads(done.read_text()), "checkpoint": str(out / "final"), "cached": True}
     if out.exists():  # an interrupted run: start it over
         import shutil
 

@@ -82,7 +82,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo (system/demo.py): data, cached SFT, eval, StableDRL through Ray, eval, report."""
     from system.demo import print_result, run_demo
 
-    result = run_demo(args.task, Path(args.run_dir), args.sft_set, args.overrides, args.limit, args.seed)
+    result = run_demo(args.task, Path(args.run_dir), args.sft_set, args.overrides, args.limit, args.seed,
+                      args.sft_seed, Path(args.sft_cache) if args.sft_cache else None)
     print_result(result)
     return 0
 
@@ -130,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="sudoku", choices=["sudoku", "countdown", "copy", "add"])
     p.add_argument("--run-dir", default="runs/demo", help="where checkpoints, metrics and the report go")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the SFT and RL stages (the task data stays fixed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the RL stage (the task data stays fixed)")
+    p.add_argument("--sft-seed", type=int, default=0, help="seed of the SFT stage (the task data stays fixed)")
+    p.add_argument("--sft-cache", default=None, help="where SFT checkpoints are cached (default: RUN_DIR/sft)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key of the RL config (configs/demo_rl.yaml)")
     p.add_argument("--sft-set", dest="sft_set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -168,7 +168,11 @@ class RolloutConfig(Section):
         "sync", description="sync: generate then learn; async: generation of step n+1 overlaps learning on step n.")
     publish_every: int = Field(1, ge=1, description="Publish new weights to the rollout workers every n steps.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every n steps (0: only at the end).")
-    eval_every: int = Field(0, ge=0, description="Evaluate on the test split every n steps (0: never during training).")
+    eval_every: int = Field(
+        0, ge=0, description="Score the live policy on the test split (greedy, as `stabledrl eval`) before step 1, "
+        "every n steps and after the last step, logged as eval/*; a multiple of publish_every (0: never).")
+    eval_limit: int | None = Field(
+        None, ge=1, description="Test examples of each periodic evaluation (the first n; None: the whole split).")
     weight_transport: Literal["auto", "inprocess", "ray", "filesystem"] = Field(
         "auto", description="How new weights reach the rollout workers; auto: inprocess locally, ray in Ray mode.")
     weight_dir: str | None = Field(None, description="Shared directory of the filesystem transport.")
@@ -176,6 +180,13 @@ class RolloutConfig(Section):
         "none", description="rollout_only: generate and score, dump groups to dump_path, no learner; "
         "train_only: train from the groups of dump_path, no rollout workers.")
     dump_path: str | None = Field(None, description="Rollout dump (JSONL); default RUN_DIR/rollouts.jsonl.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutConfig:
+        if self.eval_every % self.publish_every:
+            raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of publish_every "
+                             f"({self.publish_every}): an evaluation scores the weights the rollout workers hold")
+        return self
 
 
 class RewardConfig(Section):

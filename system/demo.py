@@ -3,12 +3,18 @@
 1. generate the task's data (sudoku 4x4 by default: unique-solution puzzles, test split sharing no
    solution grid with training; ``--task countdown`` or ``copy`` / ``add`` by flag);
 2. masked-diffusion SFT of the tiny model to a partial-credit starting policy (cached under
-   ``RUN/sft/sft-<hash of the SFT config>``: a second run with the same config reuses it);
+   ``RUN/sft/sft-<hash of the SFT config>``, or ``--sft-cache DIR``: a second run with the same config
+   and ``--sft-seed`` reuses it);
 3. evaluate it on the test split (greedy, the reward's own scoring);
 4. StableDRL through the Ray path on a local cluster bound to 127.0.0.1: rollout actor, reward
    worker, DeepSpeed learner, weight transport through the Ray object store; wandb offline;
 5. evaluate again, print the before / after table, write the report (PNG + HTML);
 6. last line: one JSON object (``score_before``, ``score_after``, ``steps``, ``seconds``, ...).
+
+Seeds: ``--seed`` seeds the RL stage (prompt order, rollout sampling, the estimator's masks),
+``--sft-seed`` the SFT stage (init, data order, masks). The task data and its test split never change
+with either, so every run is scored on the same puzzles; runs with one ``--sft-seed`` start RL from
+the same checkpoint (bench/demo_seeds.py measures RL's seed-to-seed spread that way).
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ def sft_config(task: str, overrides: list[str], seed: int = 0) -> Config:
     return load_config(base, [f"data.task={task}", f"seed={seed}", *overrides])
 
 
-def rl_config(sft: Config, checkpoint: str, run_dir: Path, overrides: list[str]) -> Config:
-    """The RL stage (configs/demo_rl.yaml) from ``checkpoint``, with the SFT stage's task data, seed and
-    decoding shape, so the policy is trained and scored on what it was fine-tuned on."""
-    cfg = load_config(CONFIGS / "demo_rl.yaml", [f"output_dir={run_dir / 'rl'}", f"seed={sft.seed}", *overrides])
+def rl_config(sft: Config, checkpoint: str, run_dir: Path, overrides: list[str], seed: int = 0) -> Config:
+    """The RL stage (configs/demo_rl.yaml) from ``checkpoint`` with ``seed``, and the SFT stage's task data
+    and decoding shape, so the policy is trained and scored on what it was fine-tuned on."""
+    cfg = load_config(CONFIGS / "demo_rl.yaml", [f"output_dir={run_dir / 'rl'}", f"seed={seed}", *overrides])
     update = {"model": cfg.model.model_copy(update={"path": checkpoint}), "data": sft.data,
               "decoding": cfg.decoding.model_copy(update={
                   k: getattr(sft.decoding, k) for k in ("gen_length", "block_length", "steps")})}
@@ -51,24 +57,24 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 
 def run_demo(task: str, run_dir: Path, sft_overrides: list[str], rl_overrides: list[str],
-             limit: int | None, seed: int = 0) -> dict[str, Any]:
+             limit: int | None, seed: int = 0, sft_seed: int = 0, sft_cache: Path | None = None) -> dict[str, Any]:
     from actors.evaluate import evaluate
     from learner.sft import cached_sft
     from system.driver import train
     from system.monitoring.report import write_report
 
     start = time.monotonic()
-    sft = sft_config(task, sft_overrides, seed)
-    stage = cached_sft(sft, run_dir / "sft")  # RUN/sft/sft-<hash of the config>: a second run reuses it
+    sft = sft_config(task, sft_overrides, sft_seed)
+    stage = cached_sft(sft, sft_cache or run_dir / "sft")  # sft-<hash of the config>: a second run reuses it
     checkpoint, cached = stage["checkpoint"], stage["cached"]
     before = evaluate(sft, checkpoint, limit)
-    rl = rl_config(sft, checkpoint, run_dir, rl_overrides)
+    rl = rl_config(sft, checkpoint, run_dir, rl_overrides, seed)
     summary = train(rl)
     after = evaluate(sft, summary["checkpoint"], limit)
     report = write_report(Path(rl.output_dir))
     print("\n" + table(before, after))
     return {
-        "task": task, "seed": seed, "score_before": round(before["score"], 4), "score_after": round(after["score"], 4),
+        "task": task, "seed": seed, "sft_seed": sft_seed, "score_before": round(before["score"], 4), "score_after": round(after["score"], 4),
         "accuracy_before": round(before["accuracy"], 4), "accuracy_after": round(after["accuracy"], 4),
         "test_examples": after["examples"], "steps": summary["steps"], "algorithm": rl.algorithm.name,
         "cluster": rl.cluster.mode, "sft_cached": cached, "report": str(report.get("png", "")),

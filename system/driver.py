@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from actors.evaluate import EvalRecord, summarize
 from actors.reward_worker import RewardWorker
 from actors.rollout_worker import RolloutWorker
 from actors.tasks import load_task_data
@@ -142,6 +143,22 @@ def generate(workers: Workers, examples: list[Example], transport: WeightTranspo
     chunks = [c for c in split(examples, workers.rollout.size) if c]
     kwargs = {} if transport is None or version == 0 else {"transport": transport, "min_version": version}
     return [g for part in workers.rollout.map("generate", chunks, **kwargs) for g in part]
+
+
+def evaluate_test(cfg: Config, workers: Workers, examples: list[Example]) -> dict[str, float]:
+    """Greedy test-split score of the weights the rollout workers hold (``rollout.eval_every``): decoded
+    by the rollout workers, scored by the reward workers, summarised as ``stabledrl eval`` does."""
+    start = time.monotonic()
+    chunks = [c for c in split(examples, workers.rollout.size) if c]
+    decoded = [d for part in workers.rollout.map("decode_greedy", chunks) for d in part]
+    items = [(ex, text) for ex, (text, _) in zip(examples, decoded, strict=True)]
+    results = [r for part in workers.reward.map("score", [c for c in split(items, workers.reward.size) if c])
+               for r in part]
+    summary = summarize([EvalRecord(ex.id, text, float(res.score), bool(res.correct), length)
+                         for ex, (text, length), res in zip(examples, decoded, results, strict=True)])
+    return {"eval/score": summary["score"], "eval/score_stderr": summary["score_stderr"],
+            "eval/accuracy": summary["accuracy"], "eval/completion_length": summary["completion_length"],
+            "timing/eval": time.monotonic() - start}
 
 
 def build_weight_transport(cfg: Config) -> WeightTransport:
@@ -339,6 +356,10 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
         state = load_checkpoint(workers, transport, sampler, buffer, Path(resume)) if resume else RunState()
         if every and not resume:
             checkpoint(workers, state, sampler, buffer, monitor, run)  # the initial policy: a rollback target
+        eval_every = cfg.rollout.eval_every
+        test = load_task_data(cfg.data)[1][: cfg.rollout.eval_limit] if eval_every else []
+        if eval_every and not resume:  # the starting policy, logged as step 0
+            log.log(0, {"step": 0, **evaluate_test(cfg, workers, test)})
         bar = Progress(cfg.rollout.steps - state.step, "rl", cfg.logging.progress)
         pending = None
         while state.step < cfg.rollout.steps:
@@ -367,6 +388,8 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
             if state.version % cfg.rollout.publish_every == 0 or state.step == cfg.rollout.steps:
                 metrics.update(publish(workers, transport, state.version))
             pending = None if future is None else [g for part in future.result() for g in part]
+            if eval_every and (state.step % eval_every == 0 or state.step == cfg.rollout.steps):
+                metrics.update(evaluate_test(cfg, workers, test))  # after publish: the new weights
             metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
                             "system/rollout_restarts": float(workers.rollout.restarts()),
                             "system/reward_restarts": float(workers.reward.restarts())})

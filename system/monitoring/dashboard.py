@@ -3,7 +3,8 @@ that a wandb workspace view shows online.
 
 Panels (canonical metric names, system/monitoring/names.py), in reading order of a collapse:
 
-1. Reward: ``rollout/reward_mean`` (band: +- ``rollout/reward_std``) and ``rollout/accuracy``.
+1. Reward: ``rollout/reward_mean`` (band: +- ``rollout/reward_std``), ``rollout/accuracy`` and the
+   test-split ``eval/score`` (``rollout.eval_every``).
 2. Ratio std and max: ``ratio/std``, ``ratio/p99``, ``ratio/max`` (log scale): the estimator's noise.
 3. Log-ratio noise: ``ratio/log_std``: the noise floor at theta = theta_old.
 4. Clip bypass: ``clip/bypass`` (fraction in A < 0, r > 1 + eps) and ``clip/bypass_grad_share``.
@@ -53,7 +54,7 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("Reward", ("rollout/reward_mean", "rollout/accuracy"), band="rollout/reward_std"),
+    Panel("Reward", ("rollout/reward_mean", "rollout/accuracy", "eval/score"), band="rollout/reward_std"),
     Panel("Ratio std and max", ("ratio/std", "ratio/p99", "ratio/max"), log_y=True),
     Panel("Log-ratio noise", ("ratio/log_std",)),
     Panel("Clip bypass", ("clip/bypass", "clip/bypass_grad_share")),

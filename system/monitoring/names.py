@@ -17,6 +17,8 @@ convention, extended):
   probe set, system/monitoring/probe.py).
 - ``timing/*``: ``generation``, ``reward``, ``learner``, ``sync`` (weight broadcast), ``step``.
 - ``system/*``: ``policy_version``, ``staleness_max``, ``rollout_restarts``, ``reward_restarts``.
+- ``eval/*``: ``score``, ``score_stderr``, ``accuracy``, ``completion_length`` of the greedy test-split
+  evaluation every ``rollout.eval_every`` steps (step 0: the starting policy); ``timing/eval``.
 - ``monitor/*``: collapse-monitor firings (written by the logger, one key per detector).
 
 ``canonical_metrics`` is idempotent: canonical names map to themselves, and names it does not know

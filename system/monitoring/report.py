@@ -114,7 +114,8 @@ def render_png(data: RunData, panels: tuple[Panel, ...] = PANELS, dpi: int = 100
     rows = -(-len(panels) // COLUMNS)
     fig = Figure(figsize=(7 * COLUMNS, 3.2 * rows), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(f"{data.name}: reward-collapse dashboard ({len(data.steps)} steps, {len(data.events)} events)")
+    rl_steps = sum(s > 0 for s in data.steps)  # step 0: the evaluation of the starting policy
+    fig.suptitle(f"{data.name}: reward-collapse dashboard ({rl_steps} steps, {len(data.events)} events)")
     axes = fig.subplots(rows, COLUMNS, squeeze=False).flatten()
     for ax, panel in zip(axes, panels):
         _draw_panel(ax, panel, data)
@@ -141,7 +142,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _summary_rows(data: RunData) -> list[list[Any]]:
     cfg = data.config
-    rows: list[list[Any]] = [["steps logged", len(data.steps)],
+    rows: list[list[Any]] = [["steps logged", sum(s > 0 for s in data.steps)],
                              ["last step", data.steps[-1] if data.steps else None],
                              ["wandb mode", data.wandb_mode]]
     for section, key in (("algorithm", "name"), ("algorithm", "estimator"), ("model", "path"), ("data", "task")):
@@ -153,6 +154,10 @@ def _summary_rows(data: RunData) -> list[list[Any]]:
         best = max(finite, key=lambda p: p[1])
         rows += [["reward first / last", f"{finite[0][1]:.4g} / {finite[-1][1]:.4g}"],
                  ["reward best (step)", f"{best[1]:.4g} ({best[0]})"]]
+    evals = [(s, v) for s, v in zip(*data.series("eval/score")) if math.isfinite(v)]
+    if evals:
+        rows.append(["test score (eval/score) first / last", f"{evals[0][1]:.4g} (step {evals[0][0]}) / "
+                     f"{evals[-1][1]:.4g} (step {evals[-1][0]})"])
     for action in ("alert", "rollback", "stop"):
         rows.append([f"events: {action}", sum(e.get("action") == action for e in data.events)])
     return rows

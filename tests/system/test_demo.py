@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.demo_seeds import summarize
 from system.demo import run_demo
@@ -23,27 +24,32 @@ RL = ["rollout.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", "
 
 def test_demo_local_then_cached_sft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     overrides = [*RL, "cluster.mode=local", "logging.wandb_mode=disabled"]
-    result = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=1)
-    assert result["steps"] == 2 and result["seed"] == 1 and result["test_examples"] == 4
+    result = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=1, sft_seed=3)
+    assert result["steps"] == 2 and result["seed"] == 1 and result["sft_seed"] == 3 and result["test_examples"] == 4
     assert not result["sft_cached"] and result["cluster"] == "local" and result["algorithm"] == "stabledrl"
     for key in ("score_before", "score_after"):
         assert 0.0 <= result[key] <= 1.0
     assert Path(result["report"]).is_file() and (tmp_path / "rl" / "report.html").is_file()
     table = capsys.readouterr().out
     assert "after SFT" in table and "after RL" in table and "score (mean reward)" in table
-    # the RL run started from the SFT checkpoint and trained with the SFT stage's seed
+    # the RL run started from the SFT checkpoint (trained with seed 3) and trained with its own seed
     (sft_dir,) = (tmp_path / "sft").glob("sft-*")
-    rl_config = (tmp_path / "rl" / "config.yaml").read_text()
-    assert str(sft_dir / "final") in rl_config and "seed: 1" in rl_config
+    assert yaml.safe_load((sft_dir / "config.yaml").read_text())["seed"] == 3
+    rl_config = yaml.safe_load((tmp_path / "rl" / "config.yaml").read_text())
+    assert rl_config["model"]["path"] == str(sft_dir / "final") and rl_config["seed"] == 1
 
     weights = next((sft_dir / "final").glob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
-    again = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=1)
-    assert again["sft_cached"] and weights.stat().st_mtime_ns == stamp
+    # another RL seed from the same SFT checkpoint, through a shared cache directory
+    cache = tmp_path / "shared-sft"
+    sft_dir.parent.rename(cache)
+    again = run_demo("sudoku", tmp_path / "other", SFT, overrides, limit=4, seed=2, sft_seed=3, sft_cache=cache)
+    assert again["sft_cached"] and (cache / sft_dir.name / "final" / weights.name).stat().st_mtime_ns == stamp
     assert again["score_before"] == result["score_before"]  # the same checkpoint, greedy decoding
-    # another seed is another SFT run: the cache is keyed by the whole config
-    other = run_demo("sudoku", tmp_path, SFT, overrides, limit=4, seed=2)
-    assert not other["sft_cached"] and len(list((tmp_path / "sft").glob("sft-*"))) == 2
+    assert yaml.safe_load((tmp_path / "other" / "rl" / "config.yaml").read_text())["seed"] == 2
+    # another SFT seed is another SFT run: the cache is keyed by the whole config
+    other = run_demo("sudoku", tmp_path / "other", SFT, overrides, limit=4, seed=2, sft_seed=4, sft_cache=cache)
+    assert not other["sft_cached"] and len(list(cache.glob("sft-*"))) == 2
 
 
 def test_acceptance_summary_by_hand() -> None:

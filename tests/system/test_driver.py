@@ -182,3 +182,28 @@ def test_kl_drift_on_the_probe_set_grows_from_zero(tmp_path: Path) -> None:
     _, metrics = run(tmp_path, "logging.kl_probe_every=1", "logging.kl_probe_size=4", "learner.lr=1.0e-2")
     drift = [m["kl/drift"] for m in metrics]
     assert all(d >= 0 for d in drift) and drift[-1] > 0
+
+
+def test_periodic_evaluation_scores_the_published_weights(tmp_path: Path) -> None:
+    """rollout.eval_every: step 0 (the starting policy), every n steps and the last step carry eval/*;
+    the last one equals `stabledrl eval` of the final checkpoint (the rollout workers held those weights)."""
+    from actors.evaluate import evaluate
+
+    _, metrics = run(tmp_path, "rollout.eval_every=2", "rollout.eval_limit=4", "data.num_test=8")
+    scored = {m["step"]: m for m in metrics if "eval/score" in m}
+    assert sorted(scored) == [0, 2, 3]
+    assert "rollout/reward_mean" not in scored[0] and [m["step"] for m in metrics if "rollout/reward_mean" in m] == [
+        1, 2, 3]
+    for m in scored.values():
+        assert 0.0 <= m["eval/score"] <= 1.0 and m["eval/completion_length"] >= 0 and m["timing/eval"] > 0
+    cfg = load_config(None, [*SMALL])
+    want = evaluate(cfg, tmp_path / "final", limit=4)
+    assert scored[3]["eval/score"] == pytest.approx(want["score"], abs=1e-12)
+    assert scored[3]["eval/completion_length"] == pytest.approx(want["completion_length"])
+
+
+def test_eval_every_must_follow_the_published_weights() -> None:
+    from system.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_every .3. must be a multiple of publish_every .2."):
+        load_config(None, ["rollout.eval_every=3", "rollout.publish_every=2"])
