@@ -28,6 +28,10 @@ the last ``W = 5`` steps up to t, fewer at the start):
 - ``max_ratio``: the largest per-step ``ratio/max`` (the step's raw estimated ratio maximum,
   averaged over its inner updates by the driver); ``mean_ess``: the mean over steps of ``ratio/ess``
   (1 / sum w_bar^2 per group, G for equal weights) and ``mean_ess_fraction`` (ess / G);
+- ``nonfinite_steps``: steps with a non-finite loss (an overflowing ratio: inf x advantage); the
+  monitor only alerts, so the run logs the step's rollouts and goes on;
+  (one micro-batch per update, ``learner.micro_batch_size=64``: a failing update stops before any of
+  its backward passes, so DeepSpeed's accumulation boundaries stay where they were);
 - ``error``: a run that stops on an error (e.g. a non-finite loss) keeps the steps it logged, counts
   as collapsed at its last logged step, and carries the message. The collapse monitor only alerts
   (``monitor.action: alert``, also for NaN): a rollback would hide the collapse under study.
@@ -63,7 +67,7 @@ RL_CONFIG = REPO / "configs" / "demo_rl.yaml"
 WINDOW = 5
 BENCH = ["cluster.mode=local", "logging.progress=false", "logging.wandb_mode=disabled", "logging.kl_probe_size=0",
          "logging.table_every=0", "logging.histogram_every=1000000", "rollout.eval_every=0", "monitor.action=alert",
-         "monitor.nonfinite_action=alert"]
+         "monitor.nonfinite_action=alert", "learner.micro_batch_size=64"]
 COLLAPSE_FRACTION = 0.5
 NOISY = ["algorithm.estimator=elbo", "algorithm.coupling=independent", "algorithm.num_mc_samples=1",
          "algorithm.elbo_weighting=mean", "learner.inner_updates=4"]
@@ -122,8 +126,8 @@ def run_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and population std over seeds of the scalar numbers; per-seed lists; collapse count."""
     out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
-    for key in ("final_reward", "best_reward", "fall_from_best", "grad_spikes", "max_ratio", "mean_ess",
-                "mean_ess_fraction", "test_score", "seconds"):
+    for key in ("final_reward", "best_reward", "fall_from_best", "grad_spikes", "nonfinite_steps", "max_ratio",
+                "mean_ess", "mean_ess_fraction", "test_score", "seconds"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.fmean(vals) if vals else None
         out[f"{key}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0 if vals else None
@@ -160,6 +164,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in records if "rollout/reward_mean" in r]  # RL steps (not a step-0 evaluation)
 
 
+def nonfinite_steps(run_dir: Path) -> int:
+    """Steps whose loss or metrics were not finite (the monitor's ``nonfinite`` events; the learner skips
+    the rest of such a step's updates, and the run goes on: ``monitor.nonfinite_action=alert``)."""
+    from system.monitoring.records import read_records
+
+    path = run_dir / "metrics.jsonl"
+    events = [r for r in read_records(path) if r.get("type") == "event"] if path.is_file() else []
+    return len({e["step"] for e in events if e.get("detector") == "nonfinite"})
+
+
 def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward_worker: Any) -> dict[str, Any]:
     from system.config import load_config
     from system.driver import train
@@ -180,7 +194,8 @@ def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward
         error = f"{type(e).__name__}: {e}"
         log(f"  the run stopped: {error}")
     seconds = time.monotonic() - start
-    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir))}
+    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir)),
+             "nonfinite_steps": nonfinite_steps(run_dir)}
     if error is not None and stats["collapse_step"] is None:
         stats["collapse_step"] = len(stats["rewards"])
     final = run_dir / "final"
@@ -264,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stats = train_one(method, seed, sft, args, reward_worker)
                 runs[method].append(stats)
                 log(f"  final {stats['final_reward']:.3f} best {stats['best_reward']:.3f} collapse "
-                    f"{stats['collapse_step']} spikes {stats['grad_spikes']} max ratio {stats['max_ratio']} "
+                    f"{stats['collapse_step']} spikes {stats['grad_spikes']} non-finite {stats['nonfinite_steps']} "
+                    f"max ratio {stats['max_ratio']} "
                     f"test {stats.get('test_score')} ({stats['seconds']:.0f} s)")
     plot(runs, out / "stability.png")
     (out / "runs.json").write_text(json.dumps(runs))

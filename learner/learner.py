@@ -140,7 +140,12 @@ class Learner:
     def _micro_step(self, mb: MicroBatch, plan: dict[str, Any], total_groups: int) -> dict[str, float]:
         new = self.estimator.score(self.model, plan["batch"], plan["draw"])
         old = plan["old"] if plan["old"] is not None else self.estimator.cached_old(plan["batch"], new, plan["draw"])
-        out = self.loss(loss_input(self.loss, new, old, plan["ref"], mb.advantages, mb.group_ids))
+        try:
+            out = self.loss(loss_input(self.loss, new, old, plan["ref"], mb.advantages, mb.group_ids))
+        except ValueError as e:  # the loss's input checks: non-finite estimates
+            if "finite" not in str(e):
+                raise
+            raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
         log_ratio = (new.seq_logp.detach() - old.seq_logp.detach()).float().cpu()
         self._hist["ratio"] += log_ratio.clamp(max=50.0).exp().tolist()
         self._hist["log_ratio"] += log_ratio.tolist()
@@ -210,17 +215,31 @@ class Learner:
         count, grad_norms, spikes = 0, [], 0
         stage0 = self.engine.zero_optimization_stage() == 0
         for j in range(self.cfg.learner.inner_updates):
-            norm = None
+            norm, failure = None, None
             for i in range(self.micro_per_update):
-                if i < len(mbs):
-                    for key, value in self._micro_step(mbs[i], plans[i][j], total_groups).items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                    count += 1
+                if i < len(mbs) and failure is None:
+                    try:
+                        diagnostics = self._micro_step(mbs[i], plans[i][j], total_groups)
+                    except FloatingPointError as e:
+                        if i == 0:  # no backward of this update yet: stop before DeepSpeed counts it
+                            raise
+                        # Earlier micro-batches were accumulated: finish the accumulation with zero
+                        # losses so DeepSpeed's boundaries stay aligned for the next updates (the
+                        # finite micro-batches' gradients are applied), then raise.
+                        failure = e
+                        self._zero_backward()
+                    else:
+                        for key, value in diagnostics.items():
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                        count += 1
                 else:
                     self._zero_backward()
                 if stage0 and i == self.micro_per_update - 1:
                     norm = self._grad_norm()  # before the step clips them
                 self.engine.step()  # updates only at the accumulation boundary
+            if failure is not None:
+                self.updates += 1
+                raise failure
             grad_norm = norm if norm is not None else self._grad_norm()
             grad_norms.append(grad_norm)
             spikes += int(self.spikes.observe(grad_norm))

@@ -242,10 +242,11 @@ def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: Promp
 
 
 def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
-            groups: list[RolloutGroup], sampler: PromptSampler) -> tuple[dict[str, Any], Any]:
-    """Score, admit, learn on one batch; in async mode also start generating the next one. Returns
-    the step's metrics and the pending generation (or None)."""
-    metrics: dict[str, Any] = {"step": state.step, **score(workers, groups), **rollout_metrics(groups)}
+            groups: list[RolloutGroup], sampler: PromptSampler, metrics: dict[str, Any]) -> Any:
+    """Score, admit, learn on one batch; in async mode also start generating the next one. Fills
+    ``metrics`` as it goes (a learner failure leaves the rollout metrics in it) and returns the
+    pending generation (or None)."""
+    metrics.update({"step": state.step, **score(workers, groups), **rollout_metrics(groups)})
     buffer.add(groups, state.version)
     batch = buffer.take(cfg.rollout.prompts_per_step, state.version)
     if batch is None:
@@ -258,7 +259,7 @@ def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunStat
     metrics.update(average(workers.learner.map("train_on", split(batch, workers.learner.size))))
     metrics["system/staleness_max"] = float(max(state.version - g.policy_version for g in batch))
     metrics["system/groups_admitted"] = float(buffer.stats.admitted)
-    return metrics, pending
+    return pending
 
 
 def debug_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger) -> dict[str, Any]:
@@ -292,12 +293,14 @@ class RunStopped(RuntimeError):
 
 def learn(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState, groups: list[RolloutGroup],
           sampler: PromptSampler, monitor: CollapseMonitor) -> tuple[dict[str, Any], Any, list[MonitorEvent]]:
-    """``rl_step`` plus the monitor's verdict; a non-finite loss in the learner becomes an event."""
+    """``rl_step`` plus the monitor's verdict; a non-finite loss in the learner becomes an event (the
+    step's rollout metrics are kept: an ``alert`` run logs the step and goes on)."""
+    metrics: dict[str, Any] = {"step": state.step}
     try:
-        metrics, future = rl_step(cfg, workers, buffer, state, groups, sampler)
+        future = rl_step(cfg, workers, buffer, state, groups, sampler, metrics)
     except WorkerCallError as e:
         if "FloatingPointError" in str(e):
-            return {"step": state.step}, None, [monitor.nonfinite_failure(state.step, str(e))]
+            return metrics, None, [monitor.nonfinite_failure(state.step, str(e))]
         raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e
     except WorkerGroupError as e:  # a learner rank died: the run cannot continue
         raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e

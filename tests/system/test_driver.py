@@ -142,6 +142,29 @@ def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytes
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
 
 
+def test_an_alerted_nan_loss_logs_the_step_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """monitor.nonfinite_action=alert (the stability bench): step 2's loss is NaN; the run logs step 2's
+    rollout metrics with the event and finishes all 3 steps."""
+    import learner.learner as learner_module
+
+    real = learner_module.loss_input
+    calls = {"n": 0}
+
+    def poisoned(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        inp = real(loss, new, old, ref, advantages, group_ids)
+        if calls["n"] == 2:  # step 2 (1 inner update x 1 micro-batch a step)
+            inp.new_logp = inp.new_logp * float("nan")
+        return inp
+
+    monkeypatch.setattr(learner_module, "loss_input", poisoned)
+    summary, metrics = run(tmp_path, "monitor.nonfinite_action=alert")
+    assert summary["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
+    assert [(e["step"], e["detector"], e["action"]) for e in events(tmp_path)] == [(2, "nonfinite", "alert")]
+    assert "rollout/reward_mean" in metrics[1] and "ratio/mean" not in metrics[1]
+    assert "ratio/mean" in metrics[2] and math.isfinite(metrics[2]["ratio/mean"])
+
+
 def test_a_learner_failure_stops_with_the_error_and_the_checkpoint_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import learner.learner as learner_module
