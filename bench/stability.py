@@ -19,7 +19,8 @@ Carlo sample, 4 inner updates per rollout batch, so the ratio is noisy even at t
 Per run, from its ``metrics.jsonl`` (r_t = ``rollout/reward_mean`` of step t, s_t = the mean of r over
 the last ``W = 5`` steps up to t, fewer at the start):
 
-- ``final_reward`` = s_T; ``best_reward`` = max_t s_t; ``fall_from_best`` = best - final;
+- ``final_reward`` = s_T; ``best_reward`` = max_t s_t over full windows (t >= W: a lucky first batch
+  is not a best); ``fall_from_best`` = best - final;
 - ``collapse_step``: the first step t such that s_u < 0.5 * max(s_1 .. s_{t-1}) for every u >= t, i.e.
   the smoothed reward falls below half of the best it had reached and never comes back above it
   before the run ends; None when there is no such step;
@@ -42,7 +43,8 @@ Per method the JSON gives the mean and population std over seeds, every seed's v
 runs collapsed. ``stability.png`` in ``--out`` shows the smoothed reward, max ratio, pre-clip
 gradient norm and ESS fraction per step (mean over seeds, thin lines per seed).
 
-    python bench/stability.py [--quick] [--out runs/stability] [--seeds 0 1 2] [--steps 30]
+    python bench/stability.py [--quick] [--out runs/stability] [--seeds 0 1 2] [--steps 30] [--set k=v]
+    python bench/stability.py --summarize --out runs/stability   # statistics again, no training
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -106,7 +108,7 @@ def run_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("the run logged no RL step")
     rewards = [float(m["rollout/reward_mean"]) for m in metrics]
     smooth = smoothed(rewards)
-    best = max(smooth)
+    best = max(smooth[WINDOW - 1:] or smooth)  # full windows only, unless the run is shorter than one
 
     def values(key: str) -> list[float]:
         return [float(m[key]) for m in metrics if key in m and math.isfinite(float(m[key]))]
@@ -174,6 +176,32 @@ def nonfinite_steps(run_dir: Path) -> int:
     return len({e["step"] for e in events if e.get("detector") == "nonfinite"})
 
 
+def finished_run_stats(method: str, seed: int, run_dir: Path, seconds: float, error: str | None) -> dict[str, Any]:
+    """The per-run numbers of the module docstring, from what the run wrote under ``run_dir``."""
+    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir)),
+             "nonfinite_steps": nonfinite_steps(run_dir)}
+    if error is not None and stats["collapse_step"] is None:
+        stats["collapse_step"] = len(stats["rewards"])
+    return stats
+
+
+def resummarize(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """``--summarize``: the runs of a finished bench in ``out`` (``runs.json`` for what training alone
+    knew: seconds, errors, test scores), with the statistics computed again from their metrics files."""
+    path = out / "runs.json"
+    if not path.is_file():
+        raise SystemExit(f"--summarize {out}: no runs.json there; run the bench with --out {out} first")
+    old = json.loads(path.read_text())
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method, seeds in old.items():
+        runs[method] = []
+        for r in seeds:
+            stats = finished_run_stats(method, r["seed"], out / "runs" / f"{method}-seed{r['seed']}", r["seconds"],
+                                       r.get("error"))
+            runs[method].append({**stats, "test_score": r.get("test_score")})
+    return runs
+
+
 def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward_worker: Any) -> dict[str, Any]:
     from system.config import load_config
     from system.driver import train
@@ -194,10 +222,7 @@ def train_one(method: str, seed: int, sft: str, args: argparse.Namespace, reward
         error = f"{type(e).__name__}: {e}"
         log(f"  the run stopped: {error}")
     seconds = time.monotonic() - start
-    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir)),
-             "nonfinite_steps": nonfinite_steps(run_dir)}
-    if error is not None and stats["collapse_step"] is None:
-        stats["collapse_step"] = len(stats["rewards"])
+    stats = finished_run_stats(method, seed, run_dir, seconds, error)
     final = run_dir / "final"
     if args.eval_limit and final.is_dir():
         from actors.evaluate import evaluate
@@ -248,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--eval-limit", type=int, default=64, help="test examples scored per final checkpoint (0: skip)")
     p.add_argument("--quick", action="store_true", help="1 seed, 6 steps, 16 test examples")
+    p.add_argument("--summarize", action="store_true",
+                   help="train nothing: compute the statistics again from the runs already in --out")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key of every RL run (repeatable)")
@@ -259,19 +286,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import torch
-
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    sft = sft_checkpoint(args)
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
+def train_all(sft: str, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     from actors.reward_worker import RewardWorker
     from system.config import load_config
 
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     with RewardWorker(load_config(RL_CONFIG).reward) as reward_worker:
         for seed in args.seeds:
             for method in args.methods:
@@ -280,12 +299,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[method].append(stats)
                 log(f"  final {stats['final_reward']:.3f} best {stats['best_reward']:.3f} collapse "
                     f"{stats['collapse_step']} spikes {stats['grad_spikes']} non-finite {stats['nonfinite_steps']} "
-                    f"max ratio {stats['max_ratio']} "
-                    f"test {stats.get('test_score')} ({stats['seconds']:.0f} s)")
+                    f"max ratio {stats['max_ratio']} test {stats.get('test_score')} ({stats['seconds']:.0f} s)")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if args.summarize:  # what the training run recorded, statistics computed again
+        runs = resummarize(out)
+        previous = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
+        sft, steps, seeds = previous.get("sft_checkpoint"), previous.get("steps"), previous.get("seeds")
+        settings, start = previous.get("settings", {}), start - float(previous.get("seconds", 0.0))
+    else:
+        sft, steps, seeds = sft_checkpoint(args), args.steps, args.seeds
+        settings = {m: METHODS[m] + args.set for m in args.methods}
+        runs = train_all(sft, args)
     plot(runs, out / "stability.png")
     (out / "runs.json").write_text(json.dumps(runs))
-    result = {"bench": "stability", "sft_checkpoint": sft, "steps": args.steps, "seeds": args.seeds,
-              "settings": {m: METHODS[m] + args.set for m in args.methods}, "window": WINDOW,
+    result = {"bench": "stability", "sft_checkpoint": sft, "steps": steps, "seeds": seeds,
+              "settings": settings, "window": WINDOW,
               "collapse_fraction": COLLAPSE_FRACTION, "methods": {m: aggregate(r) for m, r in runs.items()},
               "plot": str(out / "stability.png"), "seconds": round(time.monotonic() - start, 1)}
     (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -36,6 +36,9 @@ def test_run_stats_by_hand() -> None:
     # window 5: s_5 = 0.5 is the best; s_10 = mean of five zeros = 0.
     assert stats["best_reward"] == pytest.approx(0.5) and stats["final_reward"] == pytest.approx(0.0)
     assert stats["fall_from_best"] == pytest.approx(0.5)
+    # a lucky first batch is not the best: s_1 = 0.9 is a one-step window; the best full window is 0.5
+    lucky = run_stats(_metrics([0.9, 0.4, 0.4, 0.4, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]))
+    assert lucky["best_reward"] == pytest.approx(0.5) and lucky["final_reward"] == pytest.approx(0.5)
     # s_8 = (0.5 + 0.5 + 0 + 0 + 0) / 5 = 0.2 < 0.25, and s_9, s_10 stay below; s_7 = 0.3 does not.
     assert stats["collapse_step"] == 8
     assert stats["grad_spikes"] == 1 and stats["max_ratio"] == 10.0
@@ -52,3 +55,30 @@ def test_aggregate_over_seeds() -> None:
     assert agg["collapsed_runs"] == 0 and agg["collapse_step_per_seed"] == [None, None]
     assert agg["test_score"] is None and agg["max_ratio"] == 2.0
     assert math.isclose(agg["mean_ess"], 7.75)  # ESS 8 and 7.5 in each run
+
+
+def test_summarize_recomputes_the_statistics_of_finished_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--summarize trains nothing: it reads each run's metrics.jsonl (and its non-finite events) again and
+    keeps what only training knew (seconds, test scores) from runs.json."""
+    import json
+
+    from bench.stability import main
+    from system.monitoring.records import append_record
+
+    rewards = {"grpo": [0.5] * 5 + [0.0] * 5, "stabledrl": [0.5] * 10}
+    runs = {}
+    for method, series in rewards.items():
+        run = tmp_path / "runs" / f"{method}-seed0"
+        run.mkdir(parents=True)
+        for step, m in enumerate(_metrics(series), start=1):
+            append_record(run / "metrics.jsonl", {"type": "metrics", "step": step, **m})
+        if method == "grpo":
+            append_record(run / "metrics.jsonl", {"type": "event", "step": 7, "detector": "nonfinite"})
+        runs[method] = [{"seed": 0, "seconds": 12.0, "test_score": 0.25, "collapse_step": None}]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    result = main(["--summarize", "--out", str(tmp_path)])
+    grpo, stable = result["methods"]["grpo"], result["methods"]["stabledrl"]
+    assert grpo["collapsed_runs"] == 1 and grpo["collapse_step_per_seed"] == [8]
+    assert grpo["nonfinite_steps"] == 1 and stable["nonfinite_steps"] == 0 and stable["collapsed_runs"] == 0
+    assert grpo["test_score"] == 0.25 and grpo["seconds"] == 12.0
+    assert (tmp_path / "stability.png").is_file() and (tmp_path / "result.json").is_file()
