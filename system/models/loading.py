@@ -95,14 +95,9 @@ def _first(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + more
 
 
-def load_weights(
-    net: nn.Module, directory: Path, dtype: torch.dtype, device: torch.device | str = "cpu"
-) -> nn.Module:
-    """Load a checkpoint's safetensors into ``net`` (built on the meta device) by tensor name.
-
-    Checks before loading anything: every parameter the network expects is present, no tensor is
-    unexpected, and every shape matches. Then loads shard by shard with ``assign=True``.
-    """
+def check_weights(net: nn.Module, directory: Path) -> list[Path]:
+    """The checkpoint's weight files, once every tensor ``net`` expects is in them with its shape and no
+    other tensor is; a CheckpointError names the first missing, unexpected or misshapen tensor."""
     files = weight_files(directory)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     found = checkpoint_names(files)
@@ -124,6 +119,18 @@ def load_weights(
                 f"{directory}: tensor {name} has shape {list(found[name])}, expected {list(shape)} "
                 "from config.json"
             )
+    return files
+
+
+def load_weights(
+    net: nn.Module, directory: Path, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """Load a checkpoint's safetensors into ``net`` (built on the meta device) by tensor name.
+
+    Checks before loading anything: every parameter the network expects is present, no tensor is
+    unexpected, and every shape matches. Then loads shard by shard with ``assign=True``.
+    """
+    files = check_weights(net, directory)
     for shard in iter_shards(files):
         shard = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in shard.items()}
         net.load_state_dict(shard, strict=False, assign=True)

@@ -27,7 +27,7 @@ from system.models.layers import (
     run_layers,
     split_heads,
 )
-from system.models.loading import weight_files
+from system.models.loading import check_weights
 from system.models.registry import Family
 
 MODEL_TYPE = "stabledrl-tiny"
@@ -183,7 +183,11 @@ def _build(config: dict) -> nn.Module:
 
 
 def _load(directory: Path, config: dict, dtype: torch.dtype, device: str) -> nn.Module:
-    weight_files(directory)  # fails with a clear message when the directory has no weights
+    # from_pretrained would initialise a missing tensor at random (it only logs a report) and fail on a
+    # shape mismatch without naming the tensor: check names and shapes against config.json first.
+    with torch.device("meta"):
+        expected = _build(config)
+    check_weights(expected, directory)
     hf_logging.disable_progress_bar()
     return TinyDLM.from_pretrained(str(directory), dtype=dtype).to(device)
 
