@@ -420,6 +420,18 @@ def samples(groups: list[RolloutGroup]) -> list[dict[str, Any]]:
              "reward": r.reward, "reason": r.reward_reason} for g in groups for r in g.rollouts]
 
 
+# Learner metrics that are not means: extremes take the largest rank's value, counts add up.
+RANK_MAX = ("loss/ratio_max", "loss/ratio_p99", "loss/weight_max", "loss/grad_weight_max", "grad/pre_clip_norm",
+            "timing/learner")
+RANK_SUM = ("grad/spikes",)
+
+
 def average(results: list[dict[str, float]]) -> dict[str, float]:
+    """One metrics dict from the learner ranks' dicts: the mean over ranks, except the maxima of
+    ``RANK_MAX`` (a ratio blow-up on one rank stays visible) and the sums of ``RANK_SUM``."""
     keys = set().union(*results)
-    return {k: sum(r.get(k, 0.0) for r in results) / len(results) for k in keys}
+    out = {}
+    for k in keys:
+        values = [r[k] for r in results if k in r]
+        out[k] = max(values) if k in RANK_MAX else sum(values) if k in RANK_SUM else sum(values) / len(results)
+    return out

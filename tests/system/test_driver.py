@@ -230,3 +230,14 @@ def test_eval_every_must_follow_the_published_weights() -> None:
 
     with pytest.raises(ConfigError, match="eval_every .3. must be a multiple of publish_every .2."):
         load_config(None, ["rollout.eval_every=3", "rollout.publish_every=2"])
+
+
+def test_learner_metrics_of_several_ranks() -> None:
+    """Means stay means; the largest ratio and gradient norm are the largest of any rank; spikes add up."""
+    from system.driver import average
+
+    ranks = [{"loss/ratio_mean": 1.0, "loss/ratio_max": 3.0, "grad/pre_clip_norm": 0.5, "grad/spikes": 1.0},
+             {"loss/ratio_mean": 2.0, "loss/ratio_max": 1e6, "grad/pre_clip_norm": 0.2, "grad/spikes": 2.0}]
+    out = average(ranks)
+    assert out == {"loss/ratio_mean": 1.5, "loss/ratio_max": 1e6, "grad/pre_clip_norm": 0.5, "grad/spikes": 3.0}
+    assert average(ranks[:1]) == ranks[0]
