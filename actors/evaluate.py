@@ -106,6 +106,11 @@ def evaluate_policy(
     finally:
         model.train(was_training)
     results = reward_worker.score([(ex, text) for ex, (text, _) in zip(examples, decoded)])
+    return eval_records(examples, decoded, results)
+
+
+def eval_records(examples: list[Example], decoded: list[tuple[str, int]], results: list[Any]) -> list[EvalRecord]:
+    """One :class:`EvalRecord` per example from its decoded (text, length) and its ``RewardResult``."""
     return [EvalRecord(ex.id, text, float(res.score), bool(res.correct), length, dict(res.components), res.reason)
             for ex, (text, length), res in zip(examples, decoded, results, strict=True)]
 

@@ -31,8 +31,8 @@ the last ``W = 5`` steps up to t, fewer at the start):
   (1 / sum w_bar^2 per group, G for equal weights) and ``mean_ess_fraction`` (ess / G);
 - ``nonfinite_steps``: steps with a non-finite loss (an overflowing ratio: inf x advantage); the
   monitor only alerts, so the run logs the step's rollouts and goes on;
-  (one micro-batch per update, ``learner.micro_batch_size=64``: a failing update stops before any of
-  its backward passes, so DeepSpeed's accumulation boundaries stay where they were);
+  (one micro-batch per update, ``learner.micro_batch_size=64``: a failing update applies nothing; with
+  several micro-batches the learner would apply the finite ones' gradients before raising);
 - ``error``: a run that stops on an error (e.g. a non-finite loss) keeps the steps it logged, counts
   as collapsed at its last logged step, and carries the message. The collapse monitor only alerts
   (``monitor.action: alert``, also for NaN): a rollback would hide the collapse under study.
@@ -156,30 +156,25 @@ def sft_checkpoint(args: argparse.Namespace) -> str:
     return summary["checkpoint"]
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's per-step metrics under their canonical names (system/monitoring/names.py)."""
+def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """The run's per-step RL metrics under their canonical names (system/monitoring/names.py; a step-0
+    evaluation left out) and its number of non-finite steps: steps whose loss or metrics were not
+    finite (the monitor's ``nonfinite`` events; the run goes on, ``monitor.nonfinite_action=alert``)."""
     from system.monitoring.names import canonical_metrics
     from system.monitoring.records import latest_by_step, read_records
 
     path = run_dir / "metrics.jsonl"
-    records = [canonical_metrics(r) for r in latest_by_step(read_records(path))] if path.is_file() else []
-    return [r for r in records if "rollout/reward_mean" in r]  # RL steps (not a step-0 evaluation)
-
-
-def nonfinite_steps(run_dir: Path) -> int:
-    """Steps whose loss or metrics were not finite (the monitor's ``nonfinite`` events; the learner skips
-    the rest of such a step's updates, and the run goes on: ``monitor.nonfinite_action=alert``)."""
-    from system.monitoring.records import read_records
-
-    path = run_dir / "metrics.jsonl"
-    events = [r for r in read_records(path) if r.get("type") == "event"] if path.is_file() else []
-    return len({e["step"] for e in events if e.get("detector") == "nonfinite"})
+    records = read_records(path) if path.is_file() else []
+    metrics = [canonical_metrics(r) for r in latest_by_step(records)]
+    nonfinite = {r["step"] for r in records if r.get("type") == "event" and r.get("detector") == "nonfinite"}
+    return [m for m in metrics if "rollout/reward_mean" in m], len(nonfinite)
 
 
 def finished_run_stats(method: str, seed: int, run_dir: Path, seconds: float, error: str | None) -> dict[str, Any]:
     """The per-run numbers of the module docstring, from what the run wrote under ``run_dir``."""
-    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(read_metrics(run_dir)),
-             "nonfinite_steps": nonfinite_steps(run_dir)}
+    metrics, nonfinite = read_run(run_dir)
+    stats = {"method": method, "seed": seed, "seconds": seconds, "error": error, **run_stats(metrics),
+             "nonfinite_steps": nonfinite}
     if error is not None and stats["collapse_step"] is None:
         stats["collapse_step"] = len(stats["rewards"])
     return stats

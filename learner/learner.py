@@ -142,10 +142,10 @@ class Learner:
         old = plan["old"] if plan["old"] is not None else self.estimator.cached_old(plan["batch"], new, plan["draw"])
         try:
             out = self.loss(loss_input(self.loss, new, old, plan["ref"], mb.advantages, mb.group_ids))
-        except ValueError as e:  # the loss's input checks: non-finite estimates
-            if "finite" not in str(e):
+        except ValueError as e:  # the loss's input checks: raised here, the update can still be finished
+            if (error := self._nonfinite(e)) is None:
                 raise
-            raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
+            raise error from e
         log_ratio = (new.seq_logp.detach() - old.seq_logp.detach()).float().cpu()
         self._hist["ratio"] += log_ratio.clamp(max=50.0).exp().tolist()
         self._hist["log_ratio"] += log_ratio.tolist()
@@ -174,9 +174,16 @@ class Learner:
         try:
             return self._train_on(groups)
         except ValueError as e:
-            if "finite" not in str(e):
+            if (error := self._nonfinite(e)) is None:
                 raise
-            raise FloatingPointError(f"non-finite values at update {self.updates}: {e}") from e
+            raise error from e
+
+    def _nonfinite(self, error: ValueError) -> FloatingPointError | None:
+        """A ValueError of the non-finite input checks as the FloatingPointError the driver acts on
+        (None for any other ValueError)."""
+        if "finite" not in str(error):
+            return None
+        return FloatingPointError(f"non-finite values at update {self.updates}: {error}")
 
     def build_probe(self, sequences: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Fix the KL-drift probe set (``logging.kl_probe_*``) with the current policy as the reference."""
@@ -198,6 +205,39 @@ class Learner:
         update), and the advantages."""
         return {k: list(v) for k, v in self._hist.items()}
 
+    def _update(self, work: list[tuple[MicroBatch, dict[str, Any]]], total_groups: int,
+                sums: dict[str, float]) -> tuple[float | None, int]:
+        """One optimizer update over ``micro_per_update`` micro-steps (zero losses where this rank has
+        fewer micro-batches); adds the diagnostics to ``sums``. Returns the pre-clip gradient norm where
+        it must be read before the step (ZeRO 0, else None) and the micro-batches counted."""
+        stage0 = self.engine.zero_optimization_stage() == 0
+        norm, failure, counted = None, None, 0
+        for i in range(self.micro_per_update):
+            if i < len(work) and failure is None:
+                try:
+                    diagnostics = self._micro_step(*work[i], total_groups)
+                except FloatingPointError as e:
+                    if i == 0:  # no backward of this update yet: stop before DeepSpeed counts it
+                        raise
+                    # Earlier micro-batches were accumulated: finish the accumulation with zero losses
+                    # so DeepSpeed's boundaries stay aligned for the next updates (the finite
+                    # micro-batches' gradients are applied), then raise.
+                    failure = e
+                    self._zero_backward()
+                else:
+                    for key, value in diagnostics.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    counted += 1
+            else:
+                self._zero_backward()
+            if stage0 and i == self.micro_per_update - 1:
+                norm = self._grad_norm()  # before the step clips them
+            self.engine.step()  # updates only at the accumulation boundary
+        if failure is not None:
+            self.updates += 1
+            raise failure
+        return norm, counted
+
     def _train_on(self, groups: list[RolloutGroup]) -> dict[str, float]:
         start = time.monotonic()
         self.model.train()
@@ -213,33 +253,9 @@ class Learner:
         plans = [self._prepare(mb) for mb in mbs]
         sums: dict[str, float] = {}
         count, grad_norms, spikes = 0, [], 0
-        stage0 = self.engine.zero_optimization_stage() == 0
         for j in range(self.cfg.learner.inner_updates):
-            norm, failure = None, None
-            for i in range(self.micro_per_update):
-                if i < len(mbs) and failure is None:
-                    try:
-                        diagnostics = self._micro_step(mbs[i], plans[i][j], total_groups)
-                    except FloatingPointError as e:
-                        if i == 0:  # no backward of this update yet: stop before DeepSpeed counts it
-                            raise
-                        # Earlier micro-batches were accumulated: finish the accumulation with zero
-                        # losses so DeepSpeed's boundaries stay aligned for the next updates (the
-                        # finite micro-batches' gradients are applied), then raise.
-                        failure = e
-                        self._zero_backward()
-                    else:
-                        for key, value in diagnostics.items():
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                        count += 1
-                else:
-                    self._zero_backward()
-                if stage0 and i == self.micro_per_update - 1:
-                    norm = self._grad_norm()  # before the step clips them
-                self.engine.step()  # updates only at the accumulation boundary
-            if failure is not None:
-                self.updates += 1
-                raise failure
+            norm, counted = self._update([(mb, plan[j]) for mb, plan in zip(mbs, plans)], total_groups, sums)
+            count += counted
             grad_norm = norm if norm is not None else self._grad_norm()
             grad_norms.append(grad_norm)
             spikes += int(self.spikes.observe(grad_norm))

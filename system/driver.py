@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from actors.evaluate import EvalRecord, summarize
+from actors.evaluate import eval_records, summarize
 from actors.reward_worker import RewardWorker
 from actors.rollout_worker import RolloutWorker
 from actors.tasks import load_task_data
@@ -154,11 +154,24 @@ def evaluate_test(cfg: Config, workers: Workers, examples: list[Example]) -> dic
     items = [(ex, text) for ex, (text, _) in zip(examples, decoded, strict=True)]
     results = [r for part in workers.reward.map("score", [c for c in split(items, workers.reward.size) if c])
                for r in part]
-    summary = summarize([EvalRecord(ex.id, text, float(res.score), bool(res.correct), length)
-                         for ex, (text, length), res in zip(examples, decoded, results, strict=True)])
-    return {"eval/score": summary["score"], "eval/score_stderr": summary["score_stderr"],
-            "eval/accuracy": summary["accuracy"], "eval/completion_length": summary["completion_length"],
-            "timing/eval": time.monotonic() - start}
+    summary = summarize(eval_records(examples, decoded, results))
+    keys = ("score", "score_stderr", "accuracy", "completion_length")
+    return {**{f"eval/{k}": summary[k] for k in keys}, "timing/eval": time.monotonic() - start}
+
+
+class PeriodicEval:
+    """``rollout.eval_every``: the first ``rollout.eval_limit`` test examples, scored before step 1 (as
+    step 0), every n steps and after the last step."""
+
+    def __init__(self, cfg: Config, workers: Workers) -> None:
+        self.cfg, self.workers, self.every = cfg, workers, cfg.rollout.eval_every
+        self.examples = load_task_data(cfg.data)[1][: cfg.rollout.eval_limit] if self.every else []
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == self.cfg.rollout.steps)
+
+    def __call__(self) -> dict[str, float]:
+        return evaluate_test(self.cfg, self.workers, self.examples)
 
 
 def build_weight_transport(cfg: Config) -> WeightTransport:
@@ -359,10 +372,9 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
         state = load_checkpoint(workers, transport, sampler, buffer, Path(resume)) if resume else RunState()
         if every and not resume:
             checkpoint(workers, state, sampler, buffer, monitor, run)  # the initial policy: a rollback target
-        eval_every = cfg.rollout.eval_every
-        test = load_task_data(cfg.data)[1][: cfg.rollout.eval_limit] if eval_every else []
-        if eval_every and not resume:  # the starting policy, logged as step 0
-            log.log(0, {"step": 0, **evaluate_test(cfg, workers, test)})
+        evals = PeriodicEval(cfg, workers)
+        if evals.due(0) and not resume:  # the starting policy, logged as step 0
+            log.log(0, {"step": 0, **evals()})
         bar = Progress(cfg.rollout.steps - state.step, "rl", cfg.logging.progress)
         pending = None
         while state.step < cfg.rollout.steps:
@@ -391,8 +403,8 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
             if state.version % cfg.rollout.publish_every == 0 or state.step == cfg.rollout.steps:
                 metrics.update(publish(workers, transport, state.version))
             pending = None if future is None else [g for part in future.result() for g in part]
-            if eval_every and (state.step % eval_every == 0 or state.step == cfg.rollout.steps):
-                metrics.update(evaluate_test(cfg, workers, test))  # after publish: the new weights
+            if evals.due(state.step):
+                metrics.update(evals())  # after publish: the rollout workers hold the new weights
             metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
                             "system/rollout_restarts": float(workers.rollout.restarts()),
                             "system/reward_restarts": float(workers.reward.restarts())})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,20 @@ def family_model(family: str) -> DiffusionModel:
         return tiny_model("block", 4)
     overrides = {"block_size": 4} if family == "llada2" else None
     return load_model(fixture_dir(family), overrides=overrides).eval()
+
+
+def poison_loss_input(monkeypatch: pytest.MonkeyPatch, poisoned: Callable[[int], bool]) -> None:
+    """Make the learner's new log-probs NaN on the ``loss_input`` calls (1-based count, one per micro-batch
+    and inner update) for which ``poisoned(n)`` is true."""
+    import learner.learner as learner_module
+
+    real, calls = learner_module.loss_input, {"n": 0}
+
+    def poison(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        inp = real(loss, new, old, ref, advantages, group_ids)
+        if poisoned(calls["n"]):
+            inp.new_logp = inp.new_logp * float("nan")
+        return inp
+
+    monkeypatch.setattr(learner_module, "loss_input", poison)

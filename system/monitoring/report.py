@@ -38,6 +38,11 @@ class RunData:
     config: dict[str, Any] = field(default_factory=dict)
     wandb_mode: str | None = None
 
+    @property
+    def rl_steps(self) -> int:
+        """Logged RL steps (step 0 is the evaluation of the starting policy, ``rollout.eval_every``)."""
+        return sum(s > 0 for s in self.steps)
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """Steps and values of ``key`` (steps without it left out; inf drawn as a gap)."""
         xs, ys = [], []
@@ -114,8 +119,7 @@ def render_png(data: RunData, panels: tuple[Panel, ...] = PANELS, dpi: int = 100
     rows = -(-len(panels) // COLUMNS)
     fig = Figure(figsize=(7 * COLUMNS, 3.2 * rows), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    rl_steps = sum(s > 0 for s in data.steps)  # step 0: the evaluation of the starting policy
-    fig.suptitle(f"{data.name}: reward-collapse dashboard ({rl_steps} steps, {len(data.events)} events)")
+    fig.suptitle(f"{data.name}: reward-collapse dashboard ({data.rl_steps} steps, {len(data.events)} events)")
     axes = fig.subplots(rows, COLUMNS, squeeze=False).flatten()
     for ax, panel in zip(axes, panels):
         _draw_panel(ax, panel, data)
@@ -142,7 +146,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _summary_rows(data: RunData) -> list[list[Any]]:
     cfg = data.config
-    rows: list[list[Any]] = [["steps logged", sum(s > 0 for s in data.steps)],
+    rows: list[list[Any]] = [["steps logged", data.rl_steps],
                              ["last step", data.steps[-1] if data.steps else None],
                              ["wandb mode", data.wandb_mode]]
     for section, key in (("algorithm", "name"), ("algorithm", "estimator"), ("model", "path"), ("data", "task")):

@@ -68,22 +68,13 @@ def test_every_loss_updates_the_policy(loss: str, estimator: str) -> None:
 def test_a_non_finite_micro_batch_keeps_the_accumulation_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
     """4 micro-batches an update; the 2nd of the first update has a NaN loss: train_on raises, DeepSpeed's
     micro-step count is back on an update boundary, and the next batch trains normally."""
-    import learner.learner as learner_module
     from learner.learner import Learner
     from system.config import load_config
+    from tests.conftest import poison_loss_input
     from tests.learner.learner_job import BASE, fixed_groups
 
     learner = Learner(load_config(None, BASE))
-    real, calls = learner_module.loss_input, {"n": 0}
-
-    def poisoned(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        inp = real(loss, new, old, ref, advantages, group_ids)
-        if calls["n"] == 2:
-            inp.new_logp = inp.new_logp * float("nan")
-        return inp
-
-    monkeypatch.setattr(learner_module, "loss_input", poisoned)
+    poison_loss_input(monkeypatch, lambda n: n == 2)
     engine = learner.engine
     assert engine.gradient_accumulation_steps() == 4
     with pytest.raises(FloatingPointError, match="non-finite"):

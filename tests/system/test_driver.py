@@ -16,6 +16,7 @@ from system.driver import train
 from system.models import load_model
 from system.models.build import new_tiny_model
 from system.monitoring.records import read_records
+from tests.conftest import poison_loss_input
 
 SMALL = [
     "data.task=copy", "data.num_train=64", "data.num_test=8", "model.tiny.hidden_size=32",
@@ -118,20 +119,9 @@ def test_rollback_restores_the_checkpoint_and_continues(tmp_path: Path) -> None:
 def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From step 2 on, the learner's likelihood estimates are NaN (injected): the monitor fires, the
     driver rolls back instead of publishing, and stops once max_rollbacks is spent."""
-    import learner.learner as learner_module
     from system.driver import RunStopped
 
-    real = learner_module.loss_input
-    calls = {"n": 0}
-
-    def poisoned(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        inp = real(loss, new, old, ref, advantages, group_ids)
-        if calls["n"] > 1:  # step 1 = 1 inner update x 1 micro-batch
-            inp.new_logp = inp.new_logp * float("nan")
-        return inp
-
-    monkeypatch.setattr(learner_module, "loss_input", poisoned)
+    poison_loss_input(monkeypatch, lambda n: n > 1)  # step 1 = 1 inner update x 1 micro-batch
     with pytest.raises(RunStopped, match="non-finite"):
         run(tmp_path, "rollout.checkpoint_every=1", "monitor.max_rollbacks=1", "rollout.steps=3")
     fired = events(tmp_path)
@@ -145,19 +135,7 @@ def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytes
 def test_an_alerted_nan_loss_logs_the_step_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """monitor.nonfinite_action=alert (the stability bench): step 2's loss is NaN; the run logs step 2's
     rollout metrics with the event and finishes all 3 steps."""
-    import learner.learner as learner_module
-
-    real = learner_module.loss_input
-    calls = {"n": 0}
-
-    def poisoned(loss, new, old, ref, advantages, group_ids):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        inp = real(loss, new, old, ref, advantages, group_ids)
-        if calls["n"] == 2:  # step 2 (1 inner update x 1 micro-batch a step)
-            inp.new_logp = inp.new_logp * float("nan")
-        return inp
-
-    monkeypatch.setattr(learner_module, "loss_input", poisoned)
+    poison_loss_input(monkeypatch, lambda n: n == 2)  # step 2 (1 inner update x 1 micro-batch a step)
     summary, metrics = run(tmp_path, "monitor.nonfinite_action=alert")
     assert summary["steps"] == 3 and [m["step"] for m in metrics] == [1, 2, 3]
     assert [(e["step"], e["detector"], e["action"]) for e in events(tmp_path)] == [(2, "nonfinite", "alert")]
