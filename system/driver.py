@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from actors.evaluate import eval_records, summarize
 from actors.reward_worker import RewardWorker
 from actors.rollout_worker import RolloutWorker
 from actors.tasks import load_task_data
@@ -36,6 +35,7 @@ from system.malloc import tune_malloc
 from system.monitoring.logger import RunLogger
 from system.monitoring.monitor import CollapseMonitor, MonitorEvent, strongest
 from system.monitoring.names import rollout_metrics as monitored_rollout_metrics
+from system.periodic_eval import PeriodicEval
 from system.progress import Progress
 from system.rollout_io import dump_groups, load_groups
 from system.transports import TransportOptions, WeightTransport, build_transport
@@ -143,35 +143,6 @@ def generate(workers: Workers, examples: list[Example], transport: WeightTranspo
     chunks = [c for c in split(examples, workers.rollout.size) if c]
     kwargs = {} if transport is None or version == 0 else {"transport": transport, "min_version": version}
     return [g for part in workers.rollout.map("generate", chunks, **kwargs) for g in part]
-
-
-def evaluate_test(cfg: Config, workers: Workers, examples: list[Example]) -> dict[str, float]:
-    """Greedy test-split score of the weights the rollout workers hold (``rollout.eval_every``): decoded
-    by the rollout workers, scored by the reward workers, summarised as ``stabledrl eval`` does."""
-    start = time.monotonic()
-    chunks = [c for c in split(examples, workers.rollout.size) if c]
-    decoded = [d for part in workers.rollout.map("decode_greedy", chunks) for d in part]
-    items = [(ex, text) for ex, (text, _) in zip(examples, decoded, strict=True)]
-    results = [r for part in workers.reward.map("score", [c for c in split(items, workers.reward.size) if c])
-               for r in part]
-    summary = summarize(eval_records(examples, decoded, results))
-    keys = ("score", "score_stderr", "accuracy", "completion_length")
-    return {**{f"eval/{k}": summary[k] for k in keys}, "timing/eval": time.monotonic() - start}
-
-
-class PeriodicEval:
-    """``rollout.eval_every``: the first ``rollout.eval_limit`` test examples, scored before step 1 (as
-    step 0), every n steps and after the last step."""
-
-    def __init__(self, cfg: Config, workers: Workers) -> None:
-        self.cfg, self.workers, self.every = cfg, workers, cfg.rollout.eval_every
-        self.examples = load_task_data(cfg.data)[1][: cfg.rollout.eval_limit] if self.every else []
-
-    def due(self, step: int) -> bool:
-        return bool(self.every) and (step % self.every == 0 or step == self.cfg.rollout.steps)
-
-    def __call__(self) -> dict[str, float]:
-        return evaluate_test(self.cfg, self.workers, self.examples)
 
 
 def build_weight_transport(cfg: Config) -> WeightTransport:
@@ -418,6 +389,11 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
         workers.learner.call_one(0, "save_policy", str(run / "final"))
     finally:
         transport.close()
+    return write_summary(run, state)
+
+
+def write_summary(run: Path, state: RunState) -> dict[str, Any]:
+    """RUN/summary.json: steps, policy version, the final checkpoint, first and last rollout reward."""
     history = state.history
     summary = {"steps": state.step, "version": state.version, "checkpoint": str(run / "final"),
                "reward_first": history[0]["rollout/reward_mean"] if history else None,
