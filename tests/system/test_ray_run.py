@@ -30,18 +30,25 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def killer(run_dir: Path, roles: tuple[str, ...], done: list[str]) -> None:
-    """Once step 1 is logged, kill -9 one actor of each role (found by its name, ``ROLE-xxxxxxxx``)."""
+    """kill -9 one actor of each role (found by its name, ``ROLE-xxxxxxxx``) at once, as soon as step 1
+    is logged. The PIDs are read before step 1: a busy actor answers ``pid()`` only after its running
+    call, and a kill that late could miss every later call on it (its restart never seen)."""
     import ray
 
     deadline = time.monotonic() + 600
+    pids: dict[str, int] = {}
+    while len(pids) < len(roles) and time.monotonic() < deadline:
+        if ray.is_initialized():
+            for entry in ray.util.list_named_actors(all_namespaces=True):
+                role = next((r for r in roles if entry["name"].startswith(f"{r}-")), None)
+                if role and role not in pids:
+                    pids[role] = ray.get(ray.get_actor(entry["name"], namespace=entry["namespace"]).pid.remote())
+        time.sleep(0.2)
     while not metrics(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        role = next((r for r in roles if entry["name"].startswith(f"{r}-")), None)
-        if role and role not in done:
-            handle = ray.get_actor(entry["name"], namespace=entry["namespace"])
-            os.kill(ray.get(handle.pid.remote()), signal.SIGKILL)
-            done.append(role)
+        time.sleep(0.2)
+    for role, pid in pids.items():
+        os.kill(pid, signal.SIGKILL)
+        done.append(role)
 
 
 def test_ray_run_survives_kill_9_of_rollout_and_reward_actors(tmp_path: Path) -> None:
