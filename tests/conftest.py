@@ -11,6 +11,7 @@ import torch
 from system.config import ModelConfig, TinyModelConfig
 from system.models import DiffusionModel, load_model
 from system.models.build import new_tiny_model
+from system.monitoring.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "models"
@@ -61,3 +62,8 @@ def poison_loss_input(monkeypatch: pytest.MonkeyPatch, poisoned: Callable[[int],
         return inp
 
     monkeypatch.setattr(learner_module, "loss_input", poison)
+
+
+def run_records(run_dir: Path, kind: str = "metrics") -> list[dict]:
+    """The records of one type (metrics, event, histogram) of a run's metrics.jsonl, in file order."""
+    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == kind]

@@ -15,7 +15,7 @@ from system.config import load_config
 from system.driver import train
 from system.models import load_model
 from system.models.build import new_tiny_model
-from system.monitoring.records import read_records
+from tests.conftest import run_records
 
 BLOCK = [
     "data.task=copy", "data.num_train=32", "data.num_test=4", "data.max_prompt_length=64",
@@ -31,7 +31,7 @@ BLOCK = [
 def test_block_model_rl_updates_publishes_and_logs(tmp_path: Path, algorithm: str) -> None:
     cfg = load_config(None, [*BLOCK, f"output_dir={tmp_path}", f"algorithm.name={algorithm}"])
     summary = train(cfg)
-    metrics = [r for r in read_records(tmp_path / "metrics.jsonl") if r["type"] == "metrics"]
+    metrics = run_records(tmp_path)
     assert summary["version"] == 2 and [m["system/policy_version"] for m in metrics] == [1.0, 2.0]
     for m in metrics:
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m

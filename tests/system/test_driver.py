@@ -15,8 +15,7 @@ from system.config import load_config
 from system.driver import train
 from system.models import load_model
 from system.models.build import new_tiny_model
-from system.monitoring.records import read_records
-from tests.conftest import poison_loss_input
+from tests.conftest import poison_loss_input, run_records
 
 SMALL = [
     "data.task=copy", "data.num_train=64", "data.num_test=8", "model.tiny.hidden_size=32",
@@ -30,11 +29,7 @@ SMALL = [
 def run(tmp_path: Path, *extra: str) -> tuple[dict, list[dict]]:
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}", *extra])
     summary = train(cfg)
-    return summary, metric_records(tmp_path)
-
-
-def metric_records(run_dir: Path) -> list[dict]:
-    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "metrics"]
+    return summary, run_records(tmp_path)
 
 
 @pytest.mark.parametrize("algorithm", ["stabledrl", "grpo"])
@@ -68,7 +63,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     run(tmp_path / "first", "rollout.steps=2", "rollout.checkpoint_every=1")
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'resumed'}"])
     summary = train(cfg, resume=tmp_path / "first" / "checkpoints" / "step-1")
-    resumed = metric_records(tmp_path / "resumed")
+    resumed = run_records(tmp_path / "resumed")
     assert summary["steps"] == 3 and [m["step"] for m in resumed] == [2, 3]
     for want, got in zip(straight[1:], resumed):
         for key, value in want.items():
@@ -99,7 +94,7 @@ def test_rollout_only_then_train_only_replays_the_dump(tmp_path: Path) -> None:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "event"]
+    return run_records(run_dir, "event")
 
 
 def test_rollback_restores_the_checkpoint_and_continues(tmp_path: Path) -> None:
@@ -113,7 +108,7 @@ def test_rollback_restores_the_checkpoint_and_continues(tmp_path: Path) -> None:
     fired = events(tmp_path)
     assert [e["action"] for e in fired] == ["rollback", "rollback", "stop"]
     assert all(e["rollback_to"] == 0 for e in fired[:2])  # step 0: the initial policy, never replaced
-    assert not metric_records(tmp_path)  # no step was ever accepted, so nothing was published or logged
+    assert not run_records(tmp_path)  # no step was ever accepted, so nothing was published or logged
 
 
 def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +121,7 @@ def test_an_injected_nan_loss_never_publishes(tmp_path: Path, monkeypatch: pytes
         run(tmp_path, "rollout.checkpoint_every=1", "monitor.max_rollbacks=1", "rollout.steps=3")
     fired = events(tmp_path)
     assert [(e["detector"], e["action"]) for e in fired] == [("nonfinite", "rollback"), ("nonfinite", "stop")]
-    published = metric_records(tmp_path)
+    published = run_records(tmp_path)
     assert [m["system/policy_version"] for m in published] == [1.0]  # only the clean step 1 was published
     for m in published:
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
@@ -173,7 +168,7 @@ def test_resuming_a_checkpoint_of_another_model_fails_clearly(tmp_path: Path) ->
 
 def test_histograms_of_ratios_and_advantages_are_logged(tmp_path: Path) -> None:
     run(tmp_path, "logging.histogram_every=1")
-    hists = [r for r in read_records(tmp_path / "metrics.jsonl") if r["type"] == "histogram"]
+    hists = run_records(tmp_path, "histogram")
     names = {h["name"] for h in hists}
     assert {"ratio", "log_ratio", "advantage"} <= names
     assert all(sum(h["counts"]) == 8 for h in hists if h["name"] == "advantage")  # 2 groups x 4

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from system.config import load_config
 from system.driver import train
-from system.monitoring.records import read_records
-from tests.conftest import REPO
+from tests.conftest import REPO, run_records
 
 STEPS = 40
 
@@ -20,7 +19,7 @@ def rewards(run_dir: Path, lr: float) -> list[float]:
                       [f"output_dir={run_dir}", f"rollout.steps={STEPS}", "rollout.prompts_per_step=8",
                        f"learner.lr={lr}", "logging.progress=false", "logging.wandb_mode=disabled"])
     train(cfg)
-    records = [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "metrics"]
+    records = run_records(run_dir)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     return [r["rollout/reward_mean"] for r in records]
 

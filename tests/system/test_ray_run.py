@@ -15,8 +15,7 @@ import pytest
 
 from system.config import load_config
 from system.driver import train
-from system.monitoring.records import read_records
-from tests.conftest import REPO
+from tests.conftest import REPO, run_records
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,13 @@ RAY = ["cluster.mode=ray", "cluster.num_cpus=2", "cluster.rollout_cpus=0.5", "cl
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [r for r in read_records(path) if r["type"] == "metrics"] if path.is_file() else []
+    return run_records(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
 
 
 def killer(run_dir: Path, roles: tuple[str, ...], done: list[str]) -> None:
     """kill -9 one actor of each role (found by its name, ``ROLE-xxxxxxxx``) at once, as soon as step 1
-    is logged. The PIDs are read before step 1: a busy actor answers ``pid()`` only after its running
-    call, and a kill that late could miss every later call on it (its restart never seen)."""
+    is logged. The PIDs are read as soon as the actors exist: a busy actor answers ``pid()`` only after
+    its running call, so asking after step 1 could kill it after its last call (its restart never seen)."""
     import ray
 
     deadline = time.monotonic() + 600
