@@ -1,5 +1,6 @@
 """The DeepSpeed learner: every loss updates the policy from fixed rollouts with finite metrics, and
-2 CPU ranks (gloo, torchrun) give the same updated weights as 1 rank on the same groups."""
+2 CPU ranks (gloo, torchrun) give the same updated weights as 1 rank on the same groups, and a checkpoint
+loaded into a live learner (the rollback path) replays the next update exactly."""
 
 from __future__ import annotations
 
@@ -85,3 +86,27 @@ def test_a_non_finite_micro_batch_keeps_the_accumulation_boundaries(monkeypatch:
     assert engine.micro_steps % 4 == 0 and engine.global_steps == 3
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
     assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
+
+
+def test_loading_a_checkpoint_in_process_replays_the_update_exactly(tmp_path: Path) -> None:
+    """The driver's rollback path: a live learner loads an earlier checkpoint (model, Adam moments, LR
+    schedule, update count) and the next update equals the one made straight after saving it. Also
+    checks DeepSpeed's counters: micro-steps stay on an update boundary, global steps rewind."""
+    from learner.learner import Learner
+    from system.config import load_config
+    from tests.learner.learner_job import BASE, fixed_groups
+
+    learner = Learner(load_config(None, [*BASE, "learner.warmup_steps=4"]))
+    engine = learner.engine
+    learner.train_on(fixed_groups())  # Adam moments and the warm-up are not at their initial values
+    saved_steps, saved_lr = engine.global_steps, learner.scheduler.get_last_lr()[0]
+    learner.save_checkpoint(str(tmp_path / "ckpt"))
+    learner.train_on(fixed_groups())
+    straight = {k: v.clone() for k, v in learner.state_dict().items()}
+    learner.train_on(fixed_groups())  # the future a rollback abandons
+    assert learner.load_checkpoint(str(tmp_path / "ckpt")) == 2
+    assert engine.global_steps == saved_steps == 2 and learner.scheduler.get_last_lr()[0] == saved_lr
+    assert engine.micro_steps % engine.gradient_accumulation_steps() == 0
+    learner.train_on(fixed_groups())
+    replayed = learner.state_dict()
+    assert all(torch.equal(straight[k], replayed[k]) for k in straight)
