@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from system.data import jsonl_records
 from system.errors import DataError
 from system.types import Example, Rollout, RolloutGroup
 
@@ -54,14 +55,10 @@ def load_groups(path: str | Path) -> Iterator[RolloutGroup]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"rollout dump {path} not found: run with rollout.debug_mode=rollout_only first")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ex = row["example"]
-                yield RolloutGroup(row["group_id"], Example(ex["task"], ex["id"], ex["prompt"], ex.get("reference", {})),
-                                   [_rollout(r) for r in row["rollouts"]], int(row.get("policy_version", 0)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{path}:{lineno}: not a rollout group ({type(e).__name__}: {e})") from e
+    for lineno, row in jsonl_records(path):
+        try:
+            ex = row["example"]
+            yield RolloutGroup(row["group_id"], Example(ex["task"], ex["id"], ex["prompt"], ex.get("reference", {})),
+                               [_rollout(r) for r in row["rollouts"]], int(row.get("policy_version", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: row {lineno}: not a rollout group ({type(e).__name__}: {e})") from e

@@ -42,33 +42,33 @@ def test_invalid_json_row(tmp_path: Path) -> None:
     # line 1 ok, line 2 blank, line 3 broken
     path = _write(tmp_path, '{"prompt": "a", "completion": "b"}\n\n{"prompt": "a", \n')
     msg = _error(path)
-    assert msg.startswith(f"{path}:3: not valid JSON (")
+    assert msg.startswith(f"{path}: row 3: not valid JSON (")
 
 
 def test_non_object_row(tmp_path: Path) -> None:
     path = _write(tmp_path, '{"prompt": "a", "completion": "b"}\n["a", "b"]\n')
-    assert _error(path) == f"{path}:2: expected a JSON object, got list"
+    assert _error(path) == f"{path}: row 2: expected a JSON object, got list"
 
 
 def test_non_object_scalar_row(tmp_path: Path) -> None:
     path = _write(tmp_path, '"just a string"\n')
-    assert _error(path) == f"{path}:1: expected a JSON object, got str"
+    assert _error(path) == f"{path}: row 1: expected a JSON object, got str"
 
 
 def test_missing_field(tmp_path: Path) -> None:
     path = _write(tmp_path, '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "answer": "b"}\n')
-    assert _error(path) == f"{path}:2: missing field 'completion' (row has ['answer', 'prompt'])"
+    assert _error(path) == f"{path}: row 2: missing field 'completion' (row has ['answer', 'prompt'])"
 
 
 def test_wrong_field_type(tmp_path: Path) -> None:
     path = _write(tmp_path, '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"}\n'
                             '{"prompt": 12, "completion": "b"}\n')
-    assert _error(path) == f"{path}:3: field 'prompt' must be a string, got int"
+    assert _error(path) == f"{path}: row 3: field 'prompt' must be a string, got int"
 
 
 def test_null_field(tmp_path: Path) -> None:
     path = _write(tmp_path, '{"prompt": "a", "completion": null}\n')
-    assert _error(path) == f"{path}:1: field 'completion' must be a string, got NoneType"
+    assert _error(path) == f"{path}: row 1: field 'completion' must be a string, got NoneType"
 
 
 @pytest.mark.parametrize("text", ["", "\n\n  \n"])
@@ -90,7 +90,7 @@ def test_invalid_utf8_row(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     # line 2 holds 'caf\xe9' in Latin-1, which is not valid UTF-8
     path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
-    assert _error(path).startswith(f"{path}:2:")
+    assert _error(path).startswith(f"{path}: row 2:")
 
 
 def test_data_error_is_value_error() -> None:

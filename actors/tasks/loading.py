@@ -10,12 +10,12 @@ record positions for the other formats.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from system.data import jsonl_records
 from system.errors import DataError
 
 FORMATS = ("jsonl", "parquet", "csv", "save_to_disk directory")
@@ -119,20 +119,7 @@ def _rows(source: str, records: Iterable[tuple[int, Any]]) -> list[Row]:
 
 
 def _read_jsonl(path: Path) -> list[Row]:
-    records = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: row {number}: not valid UTF-8 ({e.reason}); re-encode the file") from e
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {number}: not valid JSON ({e.msg} at column {e.colno})") from e
-    return _rows(str(path), records)
+    return _rows(str(path), jsonl_records(path))
 
 
 def _read_parquet(path: Path) -> list[Row]:

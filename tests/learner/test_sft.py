@@ -103,5 +103,5 @@ def test_jsonl_data_with_a_missing_field_names_file_and_row(tmp_path: Path) -> N
     path = tmp_path / "train.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
     cfg = _config(tmp_path, **{"data.train_path": str(path)})
-    with pytest.raises(DataError, match=r"train.jsonl:2: missing field 'completion'"):
+    with pytest.raises(DataError, match=r"train.jsonl: row 2: missing field 'completion'"):
         load_examples(cfg.data)
