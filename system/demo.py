@@ -32,7 +32,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def sft_config(task: str, overrides: list[str], seed: int = 0) -> Config:
     """The SFT stage. ``seed`` seeds the model's init, the data order and the masks; the task data
     (``data.seed``) stays fixed, so every seed is scored on the same test split."""
-    base = CONFIGS / ("demo_sudoku_sft.yaml" if task == "sudoku" else "tiny_sft.yaml")
+    base = CONFIGS / f"demo_{task}_sft.yaml"  # sudoku, countdown; the synthetic tasks use tiny_sft.yaml
+    if not base.is_file():
+        base = CONFIGS / "tiny_sft.yaml"
     return load_config(base, [f"data.task={task}", f"seed={seed}", *overrides])
 
 

@@ -18,10 +18,12 @@ from system.types import Example
 
 
 def countdown_prompt(numbers: list[int], target: int) -> str:
-    return (f"Using the numbers {numbers}, write an arithmetic expression that equals {target}. Use every "
-            "number exactly once; you may use +, -, * and / and parentheses. After reasoning, give only the "
-            "expression inside <answer></answer>, without an equals sign or the target. For example, for the "
-            "numbers [3, 5, 7] and the target 22 a valid answer is <answer>\n3*5+7\n</answer>.")
+    # The instance goes last (as the sudoku prompt's puzzle): a left-truncated prompt keeps it.
+    return ("Write an arithmetic expression that equals the target, using every given number exactly once; "
+            "you may use +, -, * and / and parentheses. After reasoning, give only the expression inside "
+            "<answer></answer>, without an equals sign or the target. For example, for the numbers [3, 5, 7] "
+            f"and the target 22 a valid answer is <answer>\n3*5+7\n</answer>.\n\nNumbers: {numbers}\n"
+            f"Target: {target}")
 
 
 def countdown_example(numbers: list[int], target: int, id: str, solution: str | None = None) -> Example:

@@ -123,7 +123,7 @@ def test_countdown_layouts(tmp_path):
     a, b = load_examples("countdown", write_jsonl(tmp_path / "c.jsonl", rows))
     assert a.reference == {"numbers": [44, 19, 35], "target": 98}
     assert b.reference == {"numbers": [30, 100, 93], "target": 23}
-    assert "[30, 100, 93]" in b.prompt and "equals 23" in b.prompt
+    assert "[30, 100, 93]" in b.prompt and "Target: 23" in b.prompt
     bad = write_jsonl(tmp_path / "cb.jsonl", [{"nums": [1, "x"], "target": 3}])
     with pytest.raises(DataError, match=r"row 1, field 'nums': must be a non-empty list of integers"):
         load_examples("countdown", bad)
@@ -219,6 +219,19 @@ def test_prompt_rendering_through_the_chat_template():
     assert "```python" in user_message(Example("code", "c", "Write f.", {}))
     style = PromptStyle.from_config(DataConfig(prompt_boxed=False, prefill_reasoning=True))
     assert style == PromptStyle(boxed=False, prefill_reasoning=True) and not style.wants_boxed("math")
+
+
+def test_puzzle_prompts_end_with_the_instance_so_left_truncation_keeps_it():
+    """The sudoku and countdown prompts put the puzzle last: a prompt left-truncated to its last tokens
+    (the demo's tiny model, d1's long prompts) still holds the numbers and the target, or the grid."""
+    from actors.tasks.puzzles import countdown_example, sudoku_example
+
+    tok = build_tokenizer()
+    countdown = countdown_example([10, 5, 7], 15, "c1")
+    assert countdown.prompt.endswith("\n\nNumbers: [10, 5, 7]\nTarget: 15")
+    assert "Numbers: [10, 5, 7]\nTarget: 15<|eot|>" in tok.decode(prompt_ids(tok, countdown, max_length=36))
+    sudoku = sudoku_example("1000023000000004", "1342423131242413", "s1")
+    assert "1000023000000004<|eot|>" in tok.decode(prompt_ids(tok, sudoku, max_length=26))
 
 
 def test_generated_task_data_and_files_round_trip(tmp_path):

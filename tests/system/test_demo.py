@@ -52,6 +52,28 @@ def test_demo_local_then_cached_sft(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not other["sft_cached"] and len(list(cache.glob("sft-*"))) == 2
 
 
+@pytest.mark.parametrize("task", ["sudoku", "countdown"])
+def test_each_puzzle_task_has_an_sft_stage_whose_prompts_and_targets_fit(task: str) -> None:
+    """--task picks configs/demo_<task>_sft.yaml (the synthetic tasks: tiny_sft.yaml); its left-truncated
+    prompts keep the puzzle, and gen_length holds the whole SFT target with room for the end."""
+    from actors.tasks import load_task_data
+    from actors.tasks.prompts import PromptStyle, prompt_ids
+    from learner.sft import sft_target
+    from system.demo import sft_config
+    from system.models.build import build_tokenizer
+
+    cfg = sft_config(task, ["data.num_train=8", "data.num_test=8"])
+    assert cfg.data.task == task and sft_config("add", []).data.task == "add"
+    tok = build_tokenizer()
+    train, _ = load_task_data(cfg.data)
+    for ex in train:
+        prompt = tok.decode(prompt_ids(tok, ex, PromptStyle.from_config(cfg.data), cfg.data.max_prompt_length))
+        instance = f"{ex.reference['numbers']}\nTarget: {ex.reference['target']}" if task == "countdown" \
+            else ex.reference["puzzle"]
+        assert instance in prompt, prompt
+        assert len(tok(sft_target(ex))["input_ids"]) < cfg.decoding.gen_length
+
+
 def test_acceptance_summary_by_hand() -> None:
     runs = [{"seed": 0, "score_before": 0.50, "score_after": 0.60},
             {"seed": 1, "score_before": 0.52, "score_after": 0.58},
