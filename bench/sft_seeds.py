@@ -34,7 +34,7 @@ def measure(seeds: list[int], budgets: list[int], out: Path, overrides: list[str
     from system.demo import sft_config
 
     start = time.monotonic()
-    rows = []
+    rows, test_examples = [], 0
     for steps in budgets:
         scores, accuracy, seconds = [], [], []
         for seed in seeds:
@@ -43,6 +43,7 @@ def measure(seeds: list[int], budgets: list[int], out: Path, overrides: list[str
             stage = cached_sft(cfg, out)
             seconds.append(round(time.monotonic() - t0, 1))
             result = evaluate(cfg, stage["checkpoint"], None)
+            test_examples = result["examples"]  # the same split for every run
             scores.append(round(result["score"], 4))
             accuracy.append(round(result["accuracy"], 4))
             print(f"sft steps {steps} seed {seed}: score {scores[-1]} accuracy {accuracy[-1]} "
@@ -50,7 +51,7 @@ def measure(seeds: list[int], budgets: list[int], out: Path, overrides: list[str
         rows.append({"steps": steps, "scores": scores, "accuracy": accuracy,
                      "spread": round(max(scores) - min(scores), 4), "std": round(statistics.pstdev(scores), 4),
                      "sft_seconds": seconds})
-    return {"bench": "sft_seeds", "seeds": seeds, "test_examples": result["examples"], "budgets": rows,
+    return {"bench": "sft_seeds", "seeds": seeds, "test_examples": test_examples, "budgets": rows,
             "seconds": round(time.monotonic() - start, 1)}
 
 
