@@ -4,8 +4,9 @@ A plain class (no Ray; a Ray actor can wrap it). The parent never scores: it han
 time to each idle worker process over a pipe and waits on all of them. An item whose worker does
 not answer within its time limit (``reward.timeout_s``, plus the sandbox time of code items) gets
 score 0 with the reason, and that worker is killed and replaced; a worker that dies while scoring
-(a crash in native code, ``os._exit``) likewise. An exception inside a reward is caught in the
-worker and reported with the item. Results come back in input order.
+(a crash in native code, ``os._exit``) likewise. A worker found dead while idle (killed from
+outside) is replaced before any item is handed to it, and the run goes on. An exception inside a
+reward is caught in the worker and reported with the item. Results come back in input order.
 
 Processes start with ``forkserver`` (default) or ``spawn``, never ``fork``: the parent has torch
 and its threads loaded. The forkserver preloads this module (and so the rewards and math-verify),
@@ -180,6 +181,26 @@ class RewardWorker:
         elif not slot.ready and now - slot.started > self.start_timeout_s:
             raise RuntimeError(f"reward worker {slot.process.pid} did not start within {self.start_timeout_s} s")
 
+    def _hand_out(self, i: int, queue: collections.deque, items: Sequence[tuple[Example, str]]) -> None:
+        """Send the next queued item to idle slot ``i``. A process that died while idle (killed from
+        outside) is replaced first and the item stays queued for a live one: a dead worker's pipe
+        would raise BrokenPipeError here, and the item has not been tried, so it must not score 0."""
+        slot = self._slots[i]
+        if slot.process.is_alive():
+            index = queue[0]
+            example, completion = items[index]
+            try:
+                slot.conn.send((index, example, completion))
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                pass  # it died between the check and the send: replaced below, item still queued
+            else:
+                queue.popleft()
+                slot.budget = self.config.timeout_s + rewards.time_budget(example, self._ctx)
+                slot.item, slot.deadline = index, time.monotonic() + slot.budget
+                return
+        self._stats.errors["worker_died_idle"] += 1
+        self._replace(i)
+
     # ------------------------------------------------------------------ scoring
 
     def score(self, items: Sequence[tuple[Example, str]]) -> list[RewardResult]:
@@ -190,13 +211,9 @@ class RewardWorker:
         results: list[RewardResult | None] = [None] * len(items)
         queue = collections.deque(range(len(items)))
         while queue or any(s.item is not None for s in self._slots):
-            for slot in self._slots:
-                if slot.ready and slot.item is None and queue:
-                    index = queue.popleft()
-                    example, completion = items[index]
-                    slot.budget = self.config.timeout_s + rewards.time_budget(example, self._ctx)
-                    slot.item, slot.deadline = index, time.monotonic() + slot.budget
-                    slot.conn.send((index, example, completion))
+            for i in range(len(self._slots)):
+                if queue and self._slots[i].ready and self._slots[i].item is None:
+                    self._hand_out(i, queue, items)
             deadlines = [s.deadline for s in self._slots if s.item is not None]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
             wait([s.conn for s in self._slots] + [s.process.sentinel for s in self._slots], timeout=timeout)

@@ -6,6 +6,7 @@ importable by name, so the worker processes can unpickle them)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -123,3 +124,17 @@ def test_spawn_start_method():
     with RewardWorker(RewardConfig(num_workers=1, timeout_s=2.0, start_method="spawn"), extra_rewards=EXTRA) as w:
         results = w.score([(HANG, ""), (COUNTDOWN, good("3*5+7"))])
         assert "timed out" in results[0].reason and results[1].correct
+
+
+def test_a_process_killed_while_idle_is_replaced_before_it_gets_work():
+    """kill -9 of an idle scoring process (issue 19): the next batch is scored in full by a replacement,
+    not failed with BrokenPipeError, and nothing is scored 0 for it."""
+    with RewardWorker(RewardConfig(num_workers=2, timeout_s=3.0), extra_rewards=EXTRA) as w:
+        assert w.score([(COUNTDOWN, good("3*5+7"))])[0].correct  # both processes are up and idle now
+        victim = w._slots[0].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)  # reaped: its pipe is closed, as after any kill -9
+        results = w.score([(COUNTDOWN, good("3*5+7")), (SUDOKU, good("3241142343122134")), (COUNTDOWN, "")])
+        assert [r.correct for r in results] == [True, True, False]
+        assert w.stats()["restarts"] == 1 and w.stats()["errors"] == {"worker_died_idle": 1}
+        assert all(slot.process.is_alive() for slot in w._slots)
