@@ -401,6 +401,17 @@ class ClusterConfig(Section):
     reward_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per reward worker actor.")
     learner_cpus: float = Field(1.0, ge=0.0, le=1024, description="CPUs per learner rank.")
     learner_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs per learner rank (NCCL needs at least 1).")
+    rollout_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per rollout worker actor, e.g. {rollout_node: 1}: "
+        "only nodes started with `ray start --resources '{\"rollout_node\": N}'` take it (placement by node kind)."
+    )
+    reward_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per reward worker actor (as rollout_resources)."
+    )
+    learner_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per learner rank, added to its placement-group "
+        "bundle (as rollout_resources)."
+    )
     learner_backend: Literal["gloo", "nccl"] = Field(
         "gloo", description="torch.distributed backend of the learner ranks: gloo (CPU) or nccl (GPU)."
     )
@@ -437,6 +448,11 @@ class ClusterConfig(Section):
         if self.learner_backend == "nccl" and self.learner_gpus < 1:
             raise ValueError(f"learner_backend 'nccl' needs learner_gpus >= 1 per rank (got {self.learner_gpus}); "
                              "set learner_gpus: 1, or learner_backend: gloo on CPU")
+        for role in ("rollout", "reward", "learner"):
+            for key, amount in getattr(self, f"{role}_resources").items():
+                if key in ("CPU", "GPU", "memory", "object_store_memory") or amount <= 0:
+                    raise ValueError(f"{role}_resources {{{key}: {amount}}}: give custom resource names with amounts "
+                                     f"> 0; CPUs and GPUs are {role}_cpus / {role}_gpus")
         if self.learner_cpus <= 0 and self.learner_gpus <= 0:
             raise ValueError("learner_cpus and learner_gpus are both 0: a learner rank needs a CPU or a GPU")
         if self.address is not None:

@@ -15,8 +15,13 @@ Learner ranks (``distributed=True``) get one placement-group bundle each and the
 there) before their class is built, so they can form one torch.distributed group (gloo / NCCL). They
 never restart: a learner failure is a ``WorkerDiedError``.
 
-Requests the cluster can never satisfy (more CPUs or GPUs than it has, NCCL without GPUs) fail before
-any actor is created, with the numbers and the config fields to change.
+Placement by node kind: ``cluster.<role>_resources`` (custom Ray resources, e.g. ``{rollout_node: 1}``)
+go into every actor's request of that role, and into each learner rank's bundle, so only nodes started
+with that resource (``ray start --resources``, or ``rayStartParams.resources`` of a KubeRay worker group)
+take them.
+
+Requests the cluster can never satisfy (more CPUs or GPUs than it has, NCCL without GPUs, a custom
+resource no node has) fail before any actor is created, with the numbers and the config fields to change.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from system.workers.base import (
     distributed_env,
     free_port,
 )
-from system.workers.capacity import check_capacity, check_gpu_backend
+from system.workers.capacity import check_capacity, check_gpu_backend, cluster_capacity
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LIVE_GROUPS: weakref.WeakSet[RayWorkerGroup] = weakref.WeakSet()  # for "this run already holds ..."
@@ -101,6 +106,20 @@ class _Host:
         return self.incarnation, getattr(self.instance, method)(*args, **kwargs)
 
 
+def _check_custom(role: str, n: int, custom: dict[str, float]) -> None:
+    """A ResourceError when no node has enough of a custom resource for one worker, or all nodes together
+    not enough for ``n`` (other jobs' holdings are not counted: those only delay the start)."""
+    total, nodes = cluster_capacity()
+    for key, per in custom.items():
+        biggest = max((node.get(key, 0.0) for node in nodes), default=0.0)
+        if per > biggest + 1e-9 or per * n > total.get(key, 0.0) + 1e-9:
+            raise ResourceError(
+                f"{role}: {n} workers x {per:g} {key!r} (cluster.{role}_resources), but the cluster has "
+                f"{total.get(key, 0.0):g} {key!r} in total and at most {biggest:g} on one node; start nodes with "
+                f"`ray start --resources '{{\"{key}\": N}}'` (KubeRay: rayStartParams.resources), or change "
+                f"cluster.{role}_resources")
+
+
 def _held_by_others() -> dict[str, tuple[Resources, int]]:
     """What this process's live worker groups hold, by ``role xN``."""
     return {f"{g.role} x{g.size}": (g.resources, g.size) for g in list(_LIVE_GROUPS)}
@@ -122,6 +141,7 @@ class RayWorkerGroup(WorkerGroup):
             raise ValueError(f"{role}: per_worker_kwargs has {len(per_worker_kwargs)} entries for {n} workers")
         self.role, self.size, self.cls, self.distributed = role, n, cls, distributed
         self.resources = resources or Resources()
+        self.custom: dict[str, float] = dict(getattr(cfg, f"{role}_resources", None) or {})
         self.startup_timeout_s = cfg.startup_timeout_s
         self.max_task_retries = 0 if distributed else cfg.max_task_retries
         self._lock = threading.Lock()
@@ -136,6 +156,7 @@ class RayWorkerGroup(WorkerGroup):
             check_gpu_backend(role, cfg.learner_backend)
         check_capacity(role, n, self.resources, held=_held_by_others(),
                        one_node=distributed and cfg.learner_placement == "STRICT_PACK")
+        _check_custom(role, n, self.custom)
         extra = [dict(kw) for kw in per_worker_kwargs] if per_worker_kwargs is not None else [{}] * n
         try:
             if distributed:
@@ -153,6 +174,8 @@ class RayWorkerGroup(WorkerGroup):
         options = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus, "max_restarts": max_restarts,
                    "max_task_retries": 0, "max_concurrency": max_concurrency, "namespace": cfg.namespace,
                    "name": f"{self.role}-{i}-{uuid.uuid4().hex[:8]}"}
+        if self.custom:
+            options["resources"] = dict(self.custom)
         if cfg.torch_threads is not None:
             # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch.set_num_threads alone then runs at about
             # half speed (the OpenMP / MKL pools keep the env's size), and the env alone caps torch at the
@@ -172,7 +195,7 @@ class RayWorkerGroup(WorkerGroup):
 
     def _start_ranks(self, cfg: ClusterConfig, args: tuple, kwargs: dict, extra: list[dict]) -> None:
         bundle = {"CPU": self.resources.cpus, "GPU": self.resources.gpus}
-        bundle = {key: value for key, value in bundle.items() if value > 0}
+        bundle = {**{key: value for key, value in bundle.items() if value > 0}, **self.custom}
         self._pg = placement_group([dict(bundle) for _ in range(self.size)], strategy=cfg.learner_placement,
                                    name=f"{self.role}-{uuid.uuid4().hex[:8]}")
         try:
