@@ -8,11 +8,12 @@ A YAML file under ``configs/`` may ``include:`` other files (paths relative to i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from system.errors import ConfigError
 
@@ -270,8 +271,8 @@ class AlgorithmConfig(Section):
         "elbo", description="Likelihood / ratio estimator; staircase_elbo needs a block-attention model."
     )
     num_mc_samples: int = Field(2, ge=1, description="Monte Carlo samples K of the likelihood estimate.")
-    clip_low: float | None = Field(None, ge=0.0, description="Lower clip bound on the ratio (None = none).")
-    clip_high: float | None = Field(5.0, gt=0.0, description="Upper clip bound on the ratio.")
+    clip_low: float | None = Field(None, description="Lower clip bound on the ratio, > 0 (None = none).")
+    clip_high: float | None = Field(5.0, description="Upper clip bound on the ratio, > 0 (None = none).")
     kl_beta: float = Field(0.0, ge=0.0, description="k3 KL coefficient to the reference model.")
     std_normalize: bool = Field(False, description="Divide advantages by the group std.")
     # Likelihood / ratio estimators (learner/estimators; ALGORITHMS.md section 2).
@@ -354,6 +355,15 @@ class AlgorithmConfig(Section):
         5.0, gt=1.0, le=1e6, description="Gradient spike: pre-clip grad norm > spike_factor x running median."
     )
     spike_window: int = Field(100, ge=1, le=100000, description="Recent grad norms in the running median.")
+
+    @field_validator("clip_low", "clip_high")
+    @classmethod
+    def _ratio_bound(cls, value: float | None) -> float | None:
+        # The loss takes log(clip_low): 0 would only fail when the learner starts, after the workers.
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError("a ratio bound must be positive and finite (e.g. clip_low: 0.8, clip_high: 5.0), "
+                             "or null for no bound on that side")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:
@@ -630,6 +640,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
+    """``invalid configuration (SOURCE): key.path = value: what is wrong and the fix``, one line for one
+    error, one line per error under the header for several."""
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
@@ -642,7 +654,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
             lines.append(f"  {path}{shown}: {msg}")
-    return "\n".join(lines)
+    return " ".join(line.strip() for line in lines) if len(lines) == 2 else "\n".join(lines)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

@@ -302,3 +302,12 @@ def test_validate_assignment() -> None:
     cfg = Config()
     with pytest.raises(ValueError, match="greater than 0"):
         cfg.learner.lr = 0.0
+
+
+@pytest.mark.parametrize("assignment", ["algorithm.clip_low=0", "algorithm.clip_low=-0.5", "algorithm.clip_high=.inf"])
+def test_a_ratio_bound_the_loss_cannot_use_is_refused_in_one_line(assignment: str) -> None:
+    """clip_low=0 used to pass the config and fail at start-up in the loss (log 0): issue 19."""
+    msg = _error([assignment])
+    assert "\n" not in msg, msg  # one error: one line
+    assert f"{assignment.split('=')[0]} = " in msg and ": a ratio bound must be positive and finite" in msg
+    assert "or null for no bound" in msg
