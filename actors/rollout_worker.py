@@ -101,7 +101,7 @@ class RolloutWorker:
         for i, (ex, ids) in enumerate(rows):
             completion = out.completion_ids[i].cpu()
             result.append(Rollout(
-                example_id=ex.id, prompt_ids=torch.tensor(ids, dtype=torch.long), completion_ids=completion,
+                example_id=ex.id, prompt_ids=torch.tensor(ids, dtype=torch.long, device="cpu"), completion_ids=completion,
                 unmask_step=out.unmask_step[i].cpu(), logprobs=out.logprobs[i].cpu(),
                 entropies=out.entropies[i].cpu(), completion_mask=~out.filled[i].cpu(),
                 completion_text=completion_text(self.tokenizer, completion.tolist(), self._stops),

@@ -51,8 +51,9 @@ def build_train_batch(groups: list[RolloutGroup], pad_id: int, cfg: AlgorithmCon
 
     batch = EstimatorBatch(prompt_ids, prompt_mask, completion, mask.bool(), unmask_step=stacked("unmask_step"),
                            old_logprobs=stacked("logprobs"), entropies=stacked("entropies"))
-    group_ids = torch.tensor([i for i, g in enumerate(groups) for _ in g.rollouts], dtype=torch.long)
-    rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
+    # Host tensors like the rollouts' (the learner moves each micro-batch to the model).
+    group_ids = torch.tensor([i for i, g in enumerate(groups) for _ in g.rollouts], dtype=torch.long, device="cpu")
+    rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32, device="cpu")
     adv = advantages_from_config(rewards, group_ids, cfg)
     return TrainBatch(batch, rewards, adv.advantages, group_ids, adv.keep, adv.num_groups, adv.num_zero_variance,
                       [g.group_id for g in groups])
@@ -81,7 +82,7 @@ def micro_batches(tb: TrainBatch, groups_per_micro: int) -> list[MicroBatch]:
     kept = sorted({int(g) for g in tb.group_ids[tb.keep]})
     out = []
     for start in range(0, len(kept), groups_per_micro):
-        chosen = torch.tensor(kept[start:start + groups_per_micro])
+        chosen = torch.tensor(kept[start:start + groups_per_micro], device=tb.group_ids.device)
         rows = torch.isin(tb.group_ids, chosen).nonzero().squeeze(-1)
         # renumber group ids 0..n-1 inside the micro-batch
         _, local = torch.unique(tb.group_ids[rows], return_inverse=True)

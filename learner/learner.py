@@ -116,10 +116,11 @@ class Learner:
     def _generator(self, mb: MicroBatch) -> torch.Generator:
         """The estimator's randomness for a micro-batch depends on the seed, the update count and the
         groups in it, not on the rank or the order of micro-batches: sharding the same groups over
-        more ranks draws the same masks."""
+        more ranks draws the same masks. A CPU generator: the estimators draw on the generator's device
+        and move the (small) masks to the model's, so the draws are the same on every device."""
         key = f"{self.cfg.seed}:{self.updates}:" + ",".join(mb.group_keys)
         seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator(device="cpu").manual_seed(seed)
 
     def _prepare(self, mb: MicroBatch) -> list[dict[str, Any]]:
         """Draws and old / reference estimates of every inner update, before any update."""
@@ -161,7 +162,7 @@ class Learner:
         norm = self.engine.get_global_grad_norm()
         if norm is None:  # ZeRO stage 0 leaves the grads on the parameters
             grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-            norm = torch.stack(grads).norm() if grads else torch.zeros(())
+            norm = torch.stack(grads).norm() if grads else torch.zeros((), device="cpu")
         return float(norm)
 
     def _zero_backward(self) -> None:
@@ -190,7 +191,7 @@ class Learner:
         from system.monitoring.probe import build_kl_probe
 
         lc = self.cfg.logging
-        gen = torch.Generator().manual_seed(lc.kl_probe_seed)
+        gen = torch.Generator(device="cpu").manual_seed(lc.kl_probe_seed)  # the probe lives on the CPU
         self.probe = build_kl_probe(self.model, sequences, lc.kl_probe_mask_ratio, lc.kl_probe_samples, gen)
         return len(sequences)
 

@@ -41,8 +41,9 @@ from actors.generate import chat_prompt_ids, completion_text, stop_ids
 from actors.tasks import load_task_data
 from actors.tasks.prompts import PLAIN_TASKS, PromptStyle, prompt_ids
 from actors.tasks.synthetic import TextExample
+from learner.demonstrations import wrong_demonstrations
 from learner.estimators.staircase import align_prompt, block_size_of
-from system.config import Config, DataConfig, dump_config
+from system.config import Config, DataConfig, SFTConfig, dump_config
 from system.data import DataError, read_jsonl
 from system.diffusion import forward_mask, left_pad, positions_from_padding, sample_t
 from system.errors import ConfigError
@@ -103,9 +104,11 @@ def sft_target(example: Example, style: PromptStyle = DEFAULT_STYLE) -> str:
                       "for SFT on it, write JSONL rows {prompt, completion} and use data.task copy with data.train_path")
 
 
-def load_examples(cfg: DataConfig) -> tuple[list[TextExample | SFTExample], list[TextExample | SFTExample]]:
+def load_examples(cfg: DataConfig, sft: SFTConfig | None = None
+                  ) -> tuple[list[TextExample | SFTExample], list[TextExample | SFTExample]]:
     """Train / test examples: the task's data with targets from :func:`sft_target`, or (synthetic
-    tasks with ``data.train_path``) generic JSONL rows with fields ``prompt`` and ``completion``."""
+    tasks with ``data.train_path``) generic JSONL rows with fields ``prompt`` and ``completion``.
+    ``sft.wrong_demos`` makes that share of the training targets wrong (`learner.demonstrations`)."""
     if cfg.train_path is not None and cfg.task in PLAIN_TASKS:
 
         def read(path: str) -> list[TextExample]:
@@ -115,6 +118,8 @@ def load_examples(cfg: DataConfig) -> tuple[list[TextExample | SFTExample], list
         return read(cfg.train_path), read(cfg.test_path) if cfg.test_path else []
     style = PromptStyle.from_config(cfg)
     train, test = load_task_data(cfg)
+    if sft is not None:
+        train = wrong_demonstrations(train, sft.wrong_demos, sft.wrong_demo_kind)
     return ([SFTExample(ex.id, ex.prompt, sft_target(ex, style), ex) for ex in train],
             [SFTExample(ex.id, ex.prompt, sft_target(ex, style), ex) for ex in test])
 
@@ -149,7 +154,7 @@ def encode_examples(
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> SFTBatch:
     prompt_ids, prompt_mask = left_pad([r[0] for r in rows], pad_id)
-    return SFTBatch(prompt_ids, prompt_mask, torch.tensor([r[1] for r in rows], dtype=torch.long))
+    return SFTBatch(prompt_ids, prompt_mask, torch.tensor([r[1] for r in rows], dtype=torch.long, device="cpu"))
 
 
 def block_staircase_logits(
@@ -242,20 +247,21 @@ def run_sft(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     model, tokenizer = build_policy(cfg.model, cfg.seed)
-    train, test = load_examples(cfg.data)
+    train, test = load_examples(cfg.data, cfg.sft)
     spec = model.spec
     rows = encode_examples(tokenizer, train, cfg.decoding.gen_length, spec.eos_token_id, cfg.data.max_prompt_length,
                            PromptStyle.from_config(cfg.data))
     s = cfg.sft
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=cfg.learner.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s.warmup_steps, s.steps))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # CPU: it picks the rows (host indices); the masks are drawn on it and moved to the model.
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.train()
     bar = Progress(s.steps, "sft", cfg.logging.progress)
     start, losses = time.monotonic(), []
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics:
         for step in range(1, s.steps + 1):
-            idx = torch.randint(len(rows), (s.batch_size,), generator=generator).tolist()
+            idx = torch.randint(len(rows), (s.batch_size,), generator=generator, device=generator.device).tolist()
             loss, stats = sft_loss(model, collate([rows[i] for i in idx], spec.pad_token_id), generator,
                                    s.loss_weighting, s.block_staircase)
             optimizer.zero_grad(set_to_none=True)

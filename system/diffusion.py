@@ -10,9 +10,10 @@ import torch
 
 
 def sample_t(batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Noise levels ``t ~ U(0, 1]``, shape ``[batch]`` (``1 - U[0, 1)``, so t is never 0)."""
-    u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
-    return (1.0 - u).to(torch.float32)
+    """Noise levels ``t ~ U(0, 1]``, shape ``[batch]`` (``1 - U[0, 1)``, so t is never 0), on ``device``.
+    Drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved."""
+    u = torch.rand(batch, generator=generator, device=generator.device, dtype=torch.float64)
+    return (1.0 - u).to(device=device, dtype=torch.float32)
 
 
 def forward_mask(
@@ -29,11 +30,11 @@ def forward_mask(
         t: ``[B]`` noise level per row, in (0, 1].
         maskable: ``[B, L]`` bool, True where a token may be masked (e.g. completion tokens).
         mask_token_id: id written at masked positions.
-        generator: source of randomness.
+        generator: source of randomness, on any device: the draw is made there and moved to ``tokens``'.
     Returns:
         ``(noisy [B, L], masked [B, L] bool)``.
     """
-    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    u = torch.rand(tokens.shape, generator=generator, device=generator.device).to(tokens.device)
     masked = (u < t[:, None].to(u.dtype)) & maskable
     noisy = torch.where(masked, torch.full_like(tokens, mask_token_id), tokens)
     return noisy, masked
@@ -89,14 +90,15 @@ def left_pad(
     sequences: list[list[int]] | list[torch.Tensor], pad_id: int, multiple_of: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists to one length (rounded up to ``multiple_of``).
-    Returns ``(ids [B, P], padding_mask [B, P])`` with 1 at real tokens."""
-    rows = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
+    Returns ``(ids [B, P], padding_mask [B, P])`` with 1 at real tokens, on the CPU (callers move them to
+    the model: the rows are written one by one, cheap on the host, a launch each on a GPU)."""
+    rows = [torch.as_tensor(s, dtype=torch.long, device="cpu") for s in sequences]
     if not rows or any(r.dim() != 1 or r.numel() == 0 for r in rows):
         raise ValueError("every sequence must be a non-empty 1D list of token ids")
     width = max(r.numel() for r in rows)
     width = -(-width // multiple_of) * multiple_of
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
     for i, r in enumerate(rows):
         ids[i, width - r.numel():] = r
         mask[i, width - r.numel():] = 1

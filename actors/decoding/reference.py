@@ -77,6 +77,7 @@ def sample_tokens(
     logits64 = logits.double()
     if temperature > 0:
         scaled = logits64 / temperature
+        # generator on the logits' device: ReferenceDecoder.generate checks it (check_generator)
         u = torch.rand(scaled.shape, generator=generator, device=scaled.device, dtype=torch.float64)
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
         tokens = torch.argmax(scaled + gumbel, dim=-1)
@@ -94,8 +95,22 @@ def select_reveal(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Per row, the ``k[i]`` positions of highest confidence (ties broken by position).
     ``confidence [B, L]`` (-inf = not eligible), ``k [B]`` -> bool ``[B, L]``."""
     order = torch.sort(confidence, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(-1, order, positions)
     return (ranks < k[:, None]) & torch.isfinite(confidence)
+
+
+def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    """The Gumbel noise is [rows, vocab] float64 per step: it is drawn where the logits are, so the
+    generator must live there too (CUDA refuses a CPU generator; moving the noise would cost more than
+    the decoder's whole step)."""
+    if generator is None:
+        return
+    want = torch.device(device)
+    got = generator.device
+    if got.type != want.type or (want.index is not None and got.index not in (None, want.index)):
+        raise ValueError(f"the decoding generator is on {got}, the model on {want}; create it with "
+                         f"torch.Generator(device=model.device)")
 
 
 @dataclass
@@ -170,7 +185,9 @@ class ReferenceDecoder:
     def generate(
         self, prompts: list[list[int]] | list[torch.Tensor], generator: torch.Generator | None = None
     ) -> DecodeOutput:
-        """Decode one completion per prompt. Deterministic for a given generator state."""
+        """Decode one completion per prompt. Deterministic for a given generator state, which must be on
+        the model's device (``torch.Generator(device=model.device)``)."""
+        check_generator(generator, self.model.device)
         p = self.params
         b = self._init(prompts)
         cache = None
@@ -245,6 +262,7 @@ class ReferenceDecoder:
         tokens, lp, ent = sample_tokens(filtered.reshape(-1, vocab), p.temperature, generator)
         tokens, lp, ent = tokens.view(b, n), lp.view(b, n), ent.view(b, n)
         if p.remasking == "random":
+            # generator on the model's device: checked in generate (check_generator)
             confidence = torch.rand((b, n), generator=generator, device=x.device, dtype=torch.float64)
         else:
             probs = torch.softmax(logits.double(), dim=-1)

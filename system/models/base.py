@@ -139,6 +139,25 @@ def padding_to_4d(padding_mask: torch.Tensor, q_len: int | None = None) -> torch
     return mask
 
 
+def self_attend_empty_rows(mask: torch.Tensor, cache_len: int = 0) -> torch.Tensor:
+    """A 4D boolean mask ``[B|1, 1, Lq, cache + Lq]`` whose query rows that may attend to nothing (the pad
+    queries of Dream's ``generation_utils`` mask) attend to themselves instead.
+
+    SDPA's output for an all-False row is undefined: 0 from the CPU math kernel, anything from the fused
+    CUDA kernels in bf16 (issue 17 measured 7.9 off). Such a row is a pad query; its output is read by
+    nobody except, after Dream's one-position shift, as the aligned logit of the first real token of a
+    left-padded row, a prompt token that no estimator, loss or decoder scores. Self-attention makes it
+    the same finite value on every device, as `padding_to_4d` already does for 2D masks."""
+    empty = ~mask.any(-1)  # [B|1, 1, Lq]
+    if not bool(empty.any()):
+        return mask
+    q_len = mask.shape[-2]
+    diag = torch.arange(q_len, device=mask.device)
+    fixed = mask.clone()
+    fixed[:, 0, diag, diag + cache_len] |= empty[:, 0]
+    return fixed
+
+
 class DiffusionModel(nn.Module):
     """Adapter over a family network; see the module docstring for the contract.
 
@@ -192,7 +211,7 @@ class DiffusionModel(nn.Module):
                 )
             if attention_mask.dtype != torch.bool:
                 raise ValueError("4D attention masks must be boolean (True = may attend)")
-            return attention_mask
+            return self_attend_empty_rows(attention_mask, cache_len)
         mask: torch.Tensor | None = None
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[0] != bsz:

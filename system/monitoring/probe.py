@@ -85,17 +85,18 @@ def build_kl_probe(model: DiffusionModel, sequences: list[tuple[Tensor, Tensor]]
     was_training = _eval_mode(model)
     rows = []
     for index, (prompt, completion) in enumerate(sequences):
-        prompt, completion = torch.as_tensor(prompt).long().cpu(), torch.as_tensor(completion).long().cpu()
+        prompt, completion = (torch.as_tensor(t, device="cpu").long() for t in (prompt, completion))
         if completion.dim() != 1 or completion.numel() == 0 or prompt.dim() != 1:
             raise ValueError(f"KL probe sequence {index}: prompt and completion must be 1-D id tensors and the "
                              f"completion non-empty (got shapes {list(prompt.shape)}, {list(completion.shape)})")
-        u = torch.rand(completion.numel(), generator=generator, dtype=torch.float64)
+        u = torch.rand(completion.numel(), generator=generator, dtype=torch.float64, device=generator.device).cpu()
         masked = u < mask_ratio
         masked[u.argmin()] = True  # at least one position per sequence
         positions = prompt.numel() + masked.nonzero().flatten()
         input_ids = torch.cat([prompt, completion])
         input_ids[positions] = model.mask_token_id
         logp = _masked_logp(model, input_ids, positions)
+        # generator on the CPU like logp (see Args): multinomial draws on its input's device
         samples = torch.multinomial(logp.exp(), num_samples, replacement=True, generator=generator)
         rows.append(ProbeRow(input_ids, positions, samples, logp.gather(1, samples)))
     model.train(was_training)

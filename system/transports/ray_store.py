@@ -179,7 +179,7 @@ def _from_payload(payload: Any) -> dict[str, torch.Tensor]:
         state = {}
         for (name, dtype_str, shape), array in zip(layout, arrays, strict=True):
             dtype = parse_dtype(dtype_str, "ray")
-            flat = torch.empty(array.nbytes, dtype=torch.uint8)
+            flat = torch.empty(array.nbytes, dtype=torch.uint8, device="cpu")
             flat.numpy()[:] = array.reshape(-1).view(np.uint8)
             state[name] = (flat if dtype == torch.uint8 else flat.view(dtype)).reshape(shape)
     except WeightSyncError:
