@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from system.config import load_config
-from system.errors import CheckpointError, ConfigError, DataError
+from system.errors import CheckpointError, ConfigError, DataError, RunFailed
+from system.workers.base import WorkerStartError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 on success, 2 for a bad input (config, data file, checkpoint, model path: one line
+    naming it and the fix, also when a worker's constructor is what found it), 1 for a run that failed
+    or was stopped mid-way (one line naming the role, the step and the checkpoint to resume from)."""
     from system.malloc import tune_malloc
 
     tune_malloc()
@@ -152,12 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerStartError as e:
+        if e.user_error is None:  # a fault, not a bad input: the whole report is the useful part
+            raise
+        print(f"error: {e.user_error}", file=sys.stderr)
+        return 2
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
-        if type(e).__name__ == "RunStopped":
+        if type(e).__name__ == "RunStopped":  # system.driver imports torch: matched by name
             print(f"stopped by the collapse monitor: {e}", file=sys.stderr)
-            return 1
-        if type(e).__name__ == "LearnerFailed":
-            print(f"error: {e}", file=sys.stderr)
             return 1
         raise
 

@@ -18,7 +18,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,10 @@ from actors.reward_worker import RewardWorker
 from actors.rollout_worker import RolloutWorker
 from actors.tasks import load_task_data
 from learner.learner import Learner
-from system.buffer import BufferStats, RolloutBuffer
+from system.buffer import RolloutBuffer
+from system.checkpoints import RunState, check_resume, restore_checkpoint, save_checkpoint, step_dir
 from system.config import Config, dump_config
-from system.errors import CheckpointError, ConfigError
+from system.errors import CheckpointError, ConfigError, LearnerFailed, RewardFailed
 from system.malloc import tune_malloc
 from system.monitoring.logger import RunLogger
 from system.monitoring.monitor import CollapseMonitor, MonitorEvent, strongest
@@ -42,6 +43,8 @@ from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
 from system.workers.base import WorkerCallError, WorkerGroupError
+
+__all__ = ["LearnerFailed", "RewardFailed", "RunStopped", "train"]
 
 
 @dataclass
@@ -174,51 +177,11 @@ def rollout_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
             "rollout/zero_std_group_fraction": flat / max(1, len(groups))}
 
 
-@dataclass
-class RunState:
-    """What the driver itself must restore on resume (the workers save their own parts)."""
-
-    step: int = 0
-    version: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def save_checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
-                    path: Path) -> Path:
-    """Learner (model, optimizer, schedule, counters), rollout RNG states, sampler cursor, version and
-    metric history under ``path``."""
-    path.mkdir(parents=True, exist_ok=True)
-    workers.learner.call("save_checkpoint", str(path))
-    torch.save({"rollout_rng": workers.rollout.call("rng_state"), "sampler": sampler.state()},
-               path / "driver_rng.pt")
-    (path / "driver.json").write_text(json.dumps({"step": state.step, "version": state.version,
-                                                  "history": state.history, "buffer": asdict(buffer.stats)}))
-    return path
-
-
-def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
-                    path: Path, publish_as: int | None = None) -> RunState:
+def resume_from(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
+                path: Path, saved: dict[str, Any] | None = None, publish_as: int | None = None) -> RunState:
     """Restore a run checkpoint and publish the restored policy to the rollout workers, as the
     checkpoint's version or as ``publish_as`` (a rollback: published versions only ever increase)."""
-    meta = path / "driver.json"
-    if not meta.is_file():
-        raise CheckpointError(f"{path}: not a stabledrl run checkpoint (no driver.json); pass a "
-                              "RUN_DIR/checkpoints/step-N directory to --resume")
-    saved = json.loads(meta.read_text())
-    state = RunState(int(saved["step"]), int(saved["version"]), list(saved["history"]))
-    buffer.stats = BufferStats(**saved["buffer"])
-    buffer.groups.clear()  # anything queued or seen after the checkpoint is from a discarded future
-    buffer.seen.clear()
-    try:
-        workers.learner.call("load_checkpoint", str(path))
-    except WorkerGroupError as e:  # a checkpoint that does not fit is the user's input: say so plainly
-        if "CheckpointError" in str(e):
-            raise CheckpointError(str(e)) from e
-        raise
-    rng = torch.load(path / "driver_rng.pt", weights_only=False)
-    for i, rng_state in enumerate(rng["rollout_rng"][: workers.rollout.size]):
-        workers.rollout.call_one(i, "set_rng_state", rng_state)
-    sampler.load_state(rng["sampler"])
+    state = restore_checkpoint(workers, sampler, buffer, path, saved)
     if publish_as is not None:
         state.version = publish_as
     publish(workers, transport, state.version)  # the rollout workers start from the restored policy
@@ -227,10 +190,9 @@ def load_checkpoint(workers: Workers, transport: WeightTransport, sampler: Promp
 
 def rl_step(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
             groups: list[RolloutGroup], sampler: PromptSampler, metrics: dict[str, Any]) -> Any:
-    """Score, admit, learn on one batch; in async mode also start generating the next one. Fills
-    ``metrics`` as it goes (a learner failure leaves the rollout metrics in it) and returns the
-    pending generation (or None)."""
-    metrics.update({"step": state.step, **score(workers, groups), **rollout_metrics(groups)})
+    """Admit scored groups, learn on one batch; in async mode also start generating the next one.
+    Fills ``metrics`` (a learner failure leaves the rollout metrics in it); returns the pending
+    generation (or None)."""
     buffer.add(groups, state.version)
     batch = buffer.take(cfg.rollout.prompts_per_step, state.version)
     if batch is None:
@@ -281,66 +243,84 @@ def learn(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
     step's rollout metrics are kept: an ``alert`` run logs the step and goes on)."""
     metrics: dict[str, Any] = {"step": state.step}
     try:
+        metrics.update({**score(workers, groups), **rollout_metrics(groups)})
+    except WorkerGroupError as e:  # a reward worker raised or died: not the learner's failure
+        raise RewardFailed(state.step, e, monitor.rollback_target(), cfg.output_dir) from e
+    try:
         future = rl_step(cfg, workers, buffer, state, groups, sampler, metrics)
     except WorkerCallError as e:
         if "FloatingPointError" in str(e):
             return metrics, None, [monitor.nonfinite_failure(state.step, str(e))]
-        raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e
+        raise LearnerFailed(state.step, e, monitor.rollback_target(), cfg.output_dir) from e
     except WorkerGroupError as e:  # a learner rank died: the run cannot continue
-        raise LearnerFailed(state.step, e, monitor.rollback_target(), Path(cfg.output_dir)) from e
+        raise LearnerFailed(state.step, e, monitor.rollback_target(), cfg.output_dir) from e
     return metrics, future, monitor.observe(state.step, metrics)
-
-
-class LearnerFailed(RuntimeError):
-    """The learner failed: the run stops, naming the error and the checkpoint to resume from."""
-
-    def __init__(self, step: int, error: BaseException, last_good: int | None, run: Path) -> None:
-        where = (f"resume with --resume {run / 'checkpoints' / f'step-{last_good}'}" if last_good is not None
-                 else "no checkpoint was written (set rollout.checkpoint_every)")
-        super().__init__(f"the learner failed at step {step}: {error}; {where}")
 
 
 def checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
                monitor: CollapseMonitor, run: Path) -> None:
-    save_checkpoint(workers, state, sampler, buffer, run / "checkpoints" / f"step-{state.step}")
+    save_checkpoint(workers, state, sampler, buffer, step_dir(run, state.step))
     monitor.checkpoint_saved(state.step)
 
 
 def roll_back(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
               monitor: CollapseMonitor, run: Path, event: MonitorEvent, version: int) -> RunState:
     """Restore the checkpoint the event names, scale the learning rate, continue from there."""
-    state = load_checkpoint(workers, transport, sampler, buffer, run / "checkpoints" / f"step-{event.rollback_to}",
-                            publish_as=version + 1)
+    state = resume_from(workers, transport, sampler, buffer, step_dir(run, event.rollback_to), publish_as=version + 1)
     workers.learner.call("scale_lr", event.lr_scale or 1.0)
     monitor.rolled_back(state.step)
     return state
 
 
-def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
-    """Run RL steps up to ``rollout.steps`` (continuing a checkpoint with ``resume``); returns a summary."""
-    tune_malloc()  # this process's local workers (system/malloc.py); Ray actors tune their own
-    run = Path(run_dir or cfg.output_dir)
+def check_start(cfg: Config) -> None:
+    """What would fail in a worker or at step 1, refused before any worker starts. The model path is
+    checked here only where it names a path on this machine (local mode, or a Ray cluster this process
+    starts); on a joined cluster the rollout worker's own error reaches the CLI instead."""
+    on_this_machine = cfg.cluster.mode == "local" or not (cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
+    if cfg.model.path is not None and on_this_machine and not Path(cfg.model.path).is_dir():
+        raise CheckpointError(f"model path {cfg.model.path} does not exist: set model.path to a local checkpoint "
+                              "directory (or leave it unset for the built-in tiny model)")
+    if (cfg.model.dtype == "float16" and torch.device(cfg.model.device).type == "cpu"
+            and cfg.rollout.debug_mode != "rollout_only"):
+        raise ConfigError("model.dtype=float16 on model.device=cpu: the learner cannot reduce float16 "
+                          "gradients on the CPU; set model.dtype to auto or float32 (or use a GPU)")
+
+
+def open_run(cfg: Config, run: Path) -> RunLogger:
+    """The run directory's config.yaml and metrics.jsonl: written only once the start has succeeded
+    (workers built, a resumed checkpoint restored), so a failed start leaves an existing run as it was."""
     run.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run / "config.yaml")
-    log = RunLogger(cfg, run)
+    return RunLogger(cfg, run)
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Run RL steps up to ``rollout.steps`` (continuing a checkpoint with ``resume``); returns a summary.
+    The config and the resumed checkpoint are checked before any worker starts."""
+    tune_malloc()  # this process's local workers (system/malloc.py); Ray actors tune their own
+    run = Path(run_dir or cfg.output_dir)
+    check_start(cfg)
+    saved = check_resume(Path(resume), cfg.rollout.steps) if resume else None
     workers = build_workers(cfg)
     try:
         if cfg.rollout.debug_mode != "none":
-            return debug_loop(cfg, run, workers, log)
-        return rl_loop(cfg, run, workers, log, resume)
+            with open_run(cfg, run) as log:
+                return debug_loop(cfg, run, workers, log)
+        return rl_loop(cfg, run, workers, Path(resume) if resume else None, saved)
     finally:
         workers.shutdown()
-        log.close()
 
 
-def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: str | Path | None) -> dict[str, Any]:
+def rl_loop(cfg: Config, run: Path, workers: Workers, resume: Path | None,
+            saved: dict[str, Any] | None) -> dict[str, Any]:
     sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
     transport = build_weight_transport(cfg)
     buffer = RolloutBuffer(cfg.rollout.max_staleness)
     monitor = CollapseMonitor(cfg.monitor)
-    every = cfg.rollout.checkpoint_every
+    every, log = cfg.rollout.checkpoint_every, None
     try:
-        state = load_checkpoint(workers, transport, sampler, buffer, Path(resume)) if resume else RunState()
+        state = resume_from(workers, transport, sampler, buffer, resume, saved) if resume else RunState()
+        log = open_run(cfg, run)
         if every and not resume:
             checkpoint(workers, state, sampler, buffer, monitor, run)  # the initial policy: a rollback target
         evals = PeriodicEval(cfg, workers)
@@ -383,12 +363,14 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, log: RunLogger, resume: st
             log.log(state.step, metrics, samples=samples(groups), histograms=hist)
             state.history.append(metrics)
             bar.update(reward=metrics["rollout/reward_mean"])
-            if every and state.step % every == 0 and state.step < cfg.rollout.steps:
+            if (every and state.step % every == 0) or state.step == cfg.rollout.steps:  # the last: to continue
                 checkpoint(workers, state, sampler, buffer, monitor, run)
         bar.close()
         workers.learner.call_one(0, "save_policy", str(run / "final"))
     finally:
         transport.close()
+        if log is not None:
+            log.close()
     return write_summary(run, state)
 
 

@@ -22,6 +22,7 @@ original exception as ``cause``; a worker that died and could not be recovered i
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import warnings
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from system.errors import ConfigError
+from system.errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
     "LocalFuture",
@@ -44,9 +45,11 @@ __all__ = [
     "WorkerGroup",
     "WorkerGroupError",
     "WorkerStartError",
+    "USER_ERRORS",
     "check_method",
     "distributed_env",
     "free_port",
+    "user_error_in",
     "wait",
 ]
 
@@ -69,11 +72,31 @@ class WorkerDiedError(WorkerGroupError):
 
 
 class WorkerStartError(WorkerGroupError):
-    """A worker's constructor raised, or the worker did not start in time."""
+    """A worker's constructor raised, or the worker did not start in time. ``user_error`` is the message
+    of a ConfigError / CheckpointError / DataError the constructor raised (a bad input, e.g. a missing
+    model path: the CLI prints it alone and exits 2), else None (a fault: the full report stands)."""
+
+    def __init__(self, message: str, user_error: str | None = None) -> None:
+        super().__init__(message)
+        self.user_error = user_error
 
 
 class ResourceError(ConfigError):
     """The cluster cannot give what the config asks for (CPUs, GPUs, a GPU backend); raised before waiting."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DataError, ResourceError)
+_REMOTE_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")
+
+
+def user_error_in(last_line: str) -> str | None:
+    """The message of a user error (``USER_ERRORS``) from the last line of a remote traceback
+    (``system.errors.CheckpointError: model path ...``): Ray hands a failed actor constructor back as
+    text only, not as the exception object."""
+    match = _REMOTE_ERROR_LINE.match(last_line.strip())
+    if match is None or match.group(1) not in {cls.__name__ for cls in USER_ERRORS}:
+        return None
+    return match.group(2)
 
 
 @dataclass(frozen=True)
@@ -276,7 +299,8 @@ class LocalWorkerGroup(WorkerGroup):
         except Exception as err:
             self._restore_env()
             raise WorkerStartError(f"{role}[{len(self.workers)}]: {cls.__name__}(...) failed to start: "
-                                   f"{type(err).__name__}: {err}") from err
+                                   f"{type(err).__name__}: {err}",
+                                   str(err) if isinstance(err, USER_ERRORS) else None) from err
 
     def call_async(self, index: int, method: str, *args: Any, **kwargs: Any) -> LocalFuture:
         return self._start(index, method, args, kwargs, None, True)

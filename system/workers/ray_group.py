@@ -55,6 +55,7 @@ from system.workers.base import (
     check_method,
     distributed_env,
     free_port,
+    user_error_in,
 )
 from system.workers.capacity import check_capacity, check_gpu_backend, cluster_capacity
 
@@ -243,7 +244,7 @@ class RayWorkerGroup(WorkerGroup):
                 text = _ANSI.sub("", str(err)).strip()
                 last = text.splitlines()[-1] if text else type(err).__name__  # the remote exception's own line
                 raise WorkerStartError(f"{self.role}[{i}]: {self.cls.__name__}(...) failed to {what}: {last}\n"
-                                       f"{text}") from None
+                                       f"{text}", user_error_in(last)) from None
         return results
 
     # ------------------------------------------------------------------------------------------ calls

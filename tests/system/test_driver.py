@@ -26,6 +26,19 @@ SMALL = [
 ]
 
 
+def fail_the_second_call(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, error: Exception) -> None:
+    """Make the second call of ``cls.method`` (in this process: local mode) raise ``error``."""
+    real, calls = getattr(cls, method), {"n": 0}
+
+    def failing(self, *args):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise error
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, method, failing)
+
+
 def run(tmp_path: Path, *extra: str) -> tuple[dict, list[dict]]:
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}", *extra])
     summary = train(cfg)
@@ -76,7 +89,7 @@ def test_resume_from_a_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
     from system.errors import CheckpointError
 
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path}"])
-    with pytest.raises(CheckpointError, match="not a stabledrl run checkpoint"):
+    with pytest.raises(CheckpointError, match="nowhere does not exist; pass a RUN_DIR/checkpoints/step-N"):
         train(cfg, resume=tmp_path / "nowhere")
 
 
@@ -140,19 +153,10 @@ def test_an_alerted_nan_loss_logs_the_step_and_goes_on(tmp_path: Path, monkeypat
 
 def test_a_learner_failure_stops_with_the_error_and_the_checkpoint_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import learner.learner as learner_module
+    from learner.learner import Learner
     from system.driver import LearnerFailed
 
-    real = learner_module.Learner._train_on
-    calls = {"n": 0}
-
-    def failing(self, groups):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("disk full (injected)")
-        return real(self, groups)
-
-    monkeypatch.setattr(learner_module.Learner, "_train_on", failing)
+    fail_the_second_call(monkeypatch, Learner, "_train_on", RuntimeError("disk full (injected)"))
     with pytest.raises(LearnerFailed, match=r"failed at step 2: .*disk full \(injected\).*--resume .*step-1"):
         run(tmp_path, "rollout.checkpoint_every=1")
 

@@ -14,7 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from workers_fixture import Counter, Rank  # this directory: Ray workers get it on their PYTHONPATH
+from workers_fixture import (  # this directory: Ray workers get it on their PYTHONPATH
+    Counter,
+    NeedsModel,
+    Rank,
+)
 
 from system import ray_cluster
 from system.config import ClusterConfig, ConfigError, build_config
@@ -28,7 +32,7 @@ from system.workers import (
     make_worker_group,
     wait,
 )
-from system.workers.base import free_port
+from system.workers.base import free_port, user_error_in
 
 HERE = Path(__file__).resolve().parent
 LOCAL = ClusterConfig(mode="local")
@@ -117,6 +121,27 @@ def test_errors_name_the_worker_and_the_item(ray_cfg: ClusterConfig, scaled: dic
         with pytest.raises(WorkerStartError, match=r"rollout\[0\]: Counter\(\.\.\.\) failed to start: "
                                                       r"ValueError: refusing to start with start=1"):
             _groups(kind, ray_cfg, fail_on_start=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_bad_input_a_constructor_finds_is_kept_as_a_user_error(ray_cfg: ClusterConfig) -> None:
+    """Ray hands a failed constructor back as text: its CheckpointError's message is kept as
+    ``user_error`` (the CLI prints it alone and exits 2), locally and on Ray; a fault keeps None."""
+    want = "model path /no/such/model does not exist: set model.path to a local checkpoint directory"
+    for cfg in (LOCAL, ray_cfg):
+        with pytest.raises(WorkerStartError, match=r"rollout\[0\]: NeedsModel\(\.\.\.\) failed to start") as info:
+            make_worker_group("rollout", NeedsModel, 1, cfg, "/no/such/model")
+        assert info.value.user_error == want, cfg.mode
+        with pytest.raises(WorkerStartError) as info:
+            _groups(cfg.mode, ray_cfg, fail_on_start=True)
+        assert info.value.user_error is None, cfg.mode
+
+
+def test_user_errors_are_read_from_the_last_line_of_a_remote_traceback() -> None:
+    assert user_error_in("system.errors.CheckpointError: model path /m does not exist") == "model path /m does not exist"
+    assert user_error_in("ResourceError: rollout: 9 CPUs") == "rollout: 9 CPUs"
+    assert user_error_in("ValueError: refusing to start") is None
+    assert user_error_in("The actor died unexpectedly before finishing this task.") is None
 
 
 @pytest.mark.timeout(300)

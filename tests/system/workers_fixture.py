@@ -56,6 +56,16 @@ class Counter:
         return read_env(names)
 
 
+class NeedsModel:
+    """Refuses to start on a missing model path, as the rollout worker does: a bad input (CheckpointError)."""
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isdir(path):
+            from system.errors import CheckpointError
+
+            raise CheckpointError(f"model path {path} does not exist: set model.path to a local checkpoint directory")
+
+
 def read_env(names: tuple[str, ...]) -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in names}
 
