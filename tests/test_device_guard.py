@@ -182,3 +182,18 @@ def test_an_sft_step_keeps_to_the_models_device(block_staircase: bool) -> None:
         loss, _ = sft_loss(model, batch, gen, "elbo", block_staircase)
         loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decoding_and_a_learner_micro_step_on_cuda() -> None:
+    """Where a GPU is at hand: the same paths on CUDA for real, in bf16."""
+    model = tiny_model().to("cuda", torch.bfloat16)
+    params = DecodingConfig(gen_length=8, block_length=4, steps=4, **SAMPLING)
+    out = ReferenceDecoder(model, params).generate(PROMPTS, device_generator(model))
+    assert out.completion_ids.is_cuda
+    learner = bare_learner(LEARNER_CASES["stabledrl/elbo"])
+    learner.model = model.float()
+    tb = build_train_batch(fixed_groups(num_groups=2, group_size=4), model.spec.pad_token_id, learner.cfg.algorithm)
+    mb = micro_batches(tb, 2)[0]
+    assert learner._micro_step(mb, learner._prepare(mb)[0], tb.num_groups)
