@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RL training (local or Ray mode, from cluster.mode)")
     _config_args(p, required=True)
     p.add_argument("--run-dir", default=None, help="run directory (default: output_dir of the config)")
-    p.add_argument("--resume", default=None, help="a RUN_DIR/checkpoints/step-N directory to continue from")
+    p.add_argument("--resume", default=None,
+                   help="a RUN_DIR/checkpoints/step-N directory to continue from (the last step is checkpointed "
+                   "too: raise rollout.steps to continue a finished run)")
     p.set_defaults(func=cmd_train)
 
     from actors.eval_cli import add_eval_parser

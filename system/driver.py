@@ -289,9 +289,9 @@ def check_start(cfg: Config) -> None:
 def open_run(cfg: Config, run: Path) -> RunLogger:
     """The run directory's config.yaml and metrics.jsonl: written only once the start has succeeded
     (workers built, a resumed checkpoint restored), so a failed start leaves an existing run as it was."""
-    run.mkdir(parents=True, exist_ok=True)
+    log = RunLogger(cfg, run)  # first: a wandb init that fails has not appended to metrics.jsonl yet
     dump_config(cfg, run / "config.yaml")
-    return RunLogger(cfg, run)
+    return log
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> dict[str, Any]:
