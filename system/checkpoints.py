@@ -92,6 +92,13 @@ def check_resume(path: Path, steps: int) -> dict[str, Any]:
     return saved
 
 
+def one_line(message: str) -> str:
+    """A long multi-line error (torch lists every tensor whose shape differs) as its first two lines."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return " ".join(lines[:2]) + more
+
+
 def save_checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
                     path: Path) -> Path:
     """Learner (model, optimizer, schedule, counters), rollout RNG states, sampler cursor, version and
@@ -114,6 +121,10 @@ def restore_checkpoint(workers: Workers, sampler: PromptSampler, buffer: Rollout
     try:
         workers.learner.call("load_checkpoint", str(path))
     except WorkerGroupError as e:  # a checkpoint that does not fit is the user's input: say so plainly
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CheckpointError):
+            raise CheckpointError(f"{one_line(str(cause))}; resume with the model settings of the run that wrote "
+                                  "it (its config.yaml)") from e
         if "CheckpointError" in str(e):
             raise CheckpointError(str(e)) from e
         raise

@@ -112,8 +112,10 @@ def test_a_start_that_fails_in_the_restore_writes_nothing(finished: Path, tmp_pa
     from system.errors import CheckpointError
 
     cfg = load_config(None, [*SMALL, f"output_dir={tmp_path / 'wide'}", "model.tiny.hidden_size=64"])
-    with pytest.raises(CheckpointError, match="does not fit this model"):
+    with pytest.raises(CheckpointError, match="does not fit this model") as info:
         train(cfg, resume=finished / "checkpoints" / "step-2")
+    assert "\n" not in str(info.value) and "size mismatch for net.embed_tokens.weight" in str(info.value)
+    assert str(info.value).endswith("more); resume with the model settings of the run that wrote it (its config.yaml)")
     assert not (tmp_path / "wide" / "config.yaml").exists() and not (tmp_path / "wide" / "metrics.jsonl").exists()
 
 
