@@ -1,17 +1,23 @@
 """Code rewards (HumanEval, MBPP, KodCode): the share of the task's test cases that the completion's
 code passes, each case run in the sandbox (:mod:`actors.sandbox`), never in this process.
 
-One sandbox run per test case. The program is a fixed harness with the solution and the test as
-string literals: it reads a fresh random token from stdin (then closes stdin), compiles the solution
-(exit code :data:`COMPILE_FAILED` if it does not compile), executes it as module ``solution`` (so
-``from solution import f`` works), runs the test case, and only then prints the token. A case passes
-only when the run ends ``ok`` *and* the token appears on a line of stdout. The model's code runs in
-the same process as the harness, so exit codes and printed text can be forged (``os._exit(0)``,
-``print("PASSED")``); the token cannot be printed without first reading it out of the harness's
-stack (frames, ``gc``): a determined, introspecting program could, an accidental or lazy one cannot.
-Objects whose ``__eq__`` always says True still pass ``assert f(x) == y`` tests (a limit of
-assert-based tests everywhere). Runs stop early: after a compile failure (every case fails the same
-way) and after ``code_max_timeouts`` timed-out cases (the rest count as failed).
+No verdict is decided where the solution runs (:mod:`actors.rewards.code_harness` says why and how).
+Per case, one sandbox run of the *record* program: the solution, then the test with its asserts
+reduced to the operations they perform on the solution (:mod:`actors.rewards.testcases`); it prints
+what the solution's functions returned, as plain data. Then the verdict comes from outside:
+
+- a case that is one call with literal arguments and a literal expected value (``assert f(3) == 7``,
+  ``assert f(x)``, ``assert not f(x)``, HumanEval's ``check`` holding one such assert) is compared
+  here, on the decoded data;
+- every other case (loops in ``check``, tolerances, ``pytest.raises``, objects with methods) is
+  judged by one *replay* run for the whole completion: a fresh sandbox process in which the
+  solution never ran executes the original tests, prompt helpers included, against stubs that
+  answer from the records.
+
+A run that ends without a record (``os._exit``, ``sys.exit``, a crash, a timeout) fails its case; a
+returned object that is not plain data equals nothing. Runs stop early: after a compile failure
+(exit code :data:`COMPILE_FAILED`; every case fails the same way) and after ``code_max_timeouts``
+timed-out cases (the rest count as failed).
 
 ``default``: the code is the last fenced block of the last ``<answer>`` span (else of the whole
 text; else the span itself). format = 1.0 for exactly one fenced block inside a well-laid-out
@@ -26,52 +32,98 @@ share + 0.5 * in_answer. Departure: tests are the cases built at load time, not 
 
 from __future__ import annotations
 
+import json
 import re
-import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
+from actors.rewards import code_harness
+from actors.rewards.code_harness import LOG_MARK, VERDICT_MARK, NotPlain, decode, event_key
 from actors.rewards.context import RewardContext
 from actors.rewards.extract import answer_spans, fenced_blocks, layout_ok
+from actors.rewards.testcases import LiteralCheck, literal_check, record_source, solution_names
+from actors.sandbox import SandboxResult
 from system.types import Example, RewardResult
 
 COMPILE_FAILED = 86
 MAX_CODE_CHARS = 50_000
-_HARNESS = """\
-import sys as _sys
-import types as _types
+SEED = 20240601  # both runs of a test start Python's random module from it
+HARNESS = Path(code_harness.__file__).read_text(encoding="utf-8")
 
 
-def _stabledrl_harness(solution, test):
-    token = _sys.stdin.readline().strip()
+@dataclass(frozen=True)
+class CasePlan:
+    """One test case as the two sides need it (computed once per distinct test text)."""
+
+    test: str
+    names: list[str]
+    record: str
+    literal: LiteralCheck | None
+
+
+@lru_cache(maxsize=4096)
+def plan_case(test: str, prefix: str, entry_point: str | None) -> CasePlan:
+    names = solution_names(test, prefix, entry_point)
+    return CasePlan(test, names, record_source(test), literal_check(test, names))
+
+
+def record_program(solution: str, plan: CasePlan) -> str:
+    """The program of one case's record run (ASCII only: the texts become ``ascii()`` literals)."""
+    return (HARNESS + f"\n\nrecord_main({ascii(solution)}, {ascii(plan.record)}, {plan.names!r}, {SEED}, "
+            f"{COMPILE_FAILED})\n")
+
+
+def replay_program(prefix: str, cases: list[tuple[str, list[str], str]]) -> str:
+    """The program of the replay run: no solution code, only the prompt, the tests and the records."""
+    return HARNESS + f"\n\nreplay_main({ascii(prefix)}, {ascii(cases)}, {SEED})\n"
+
+
+def last_marked(stdout: str, mark: str) -> str | None:
+    """The text after ``mark`` on the last line that starts with it."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(mark):
+            return line[len(mark):]
+    return None
+
+
+_OPAQUE = object()
+
+
+def _holds_opaque(value: object, depth: int = 0) -> bool:
+    """Does a decoded value hold a handle (an object that is not plain data) anywhere?"""
+    if value is _OPAQUE:
+        return True
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple, set, frozenset)) and depth < 64:
+        return any(_holds_opaque(v, depth + 1) for v in value)
+    return False
+
+
+def judge_literal(check: LiteralCheck, record: str) -> tuple[bool, str]:
+    """(passed, why) of a literal case, from the record's data alone."""
     try:
-        _sys.stdin.close()
-    except Exception:
-        pass
-    try:
-        code = compile(solution, "solution.py", "exec")
-    except BaseException as exc:
-        _sys.stderr.write("solution does not compile: %r\\n" % (exc,))
-        _sys.stderr.flush()
-        raise SystemExit(%COMPILE_FAILED%)
-    module = _types.ModuleType("solution")
-    module.__file__ = "solution.py"
-    _sys.modules["solution"] = module
-    exec(code, module.__dict__)
-    scope = dict(module.__dict__)
-    scope["__name__"] = "__test__"
-    exec(compile(test, "test.py", "exec"), scope)
-    _sys.stdout.write("\\n" + token + "\\n")
-    _sys.stdout.flush()
-
-
-_stabledrl_harness(%SOLUTION%, %TEST%)
-"""
-
-
-def harness_program(solution: str, test: str) -> str:
-    """The program of one sandbox run (ASCII only: both texts become ``ascii()`` literals)."""
-    return (_HARNESS.replace("%COMPILE_FAILED%", str(COMPILE_FAILED))
-            .replace("%SOLUTION%", ascii(solution)).replace("%TEST%", ascii(test)))
+        events = json.loads(record)["events"]
+        key = event_key(f"solution.{check.function}", "call", check.args, check.kwargs,
+                        lambda o: ["o", type(o).__name__])
+        outcome = next(e[1] for e in events if isinstance(e, list) and len(e) == 3 and e[0] == key)
+        if outcome[0] == "raise":
+            return False, f"{outcome[1]}: {str(outcome[2])[:120]}"
+        if outcome[0] != "ok":
+            return False, "malformed record"
+        value = decode(outcome[1], lambda _: _OPAQUE)
+    except StopIteration:
+        return False, f"{check.function} was not called"
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, NotPlain) as exc:
+        return False, f"unreadable record: {type(exc).__name__}"
+    call = f"{check.function}({', '.join(map(repr, check.args))})"
+    if _holds_opaque(value):
+        return False, f"AssertionError: {call} returned an object that is not plain data"
+    ok = {"==": lambda: value == check.expected, "!=": lambda: value != check.expected,
+          "truthy": lambda: bool(value), "falsy": lambda: not value,
+          "is": lambda: value is check.expected}[check.op]()
+    return bool(ok), "" if ok else f"AssertionError: {call[:80]} returned {repr(value)[:80]}"
 
 
 @dataclass
@@ -83,30 +135,71 @@ class TestReport:
     sandbox_errors: int = 0
     skipped: int = 0
     first_failure: str = ""
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def fail(self, case: int, why: str) -> None:
+        self.failures[case] = why
+        if not self.first_failure:
+            self.first_failure = f"case {case}: {why[:160]}".strip()
 
 
-def run_tests(solution: str, tests: list[str], ctx: RewardContext) -> TestReport:
-    """Run every test case of ``tests`` against ``solution`` in the sandbox, one run per case."""
+def _record_failure(result: SandboxResult) -> str:
+    detail = (result.stderr.strip().splitlines() or [result.reason])[-1]
+    return f"{result.status} (no record) {detail}"
+
+
+def run_tests(example: Example, solution: str, ctx: RewardContext) -> TestReport:
+    """Run every test case of ``example`` against ``solution``: a record run per case, then the
+    verdicts (here for literal cases, in one replay run for the rest)."""
     sandbox, limits = ctx.get_sandbox(), ctx.sandbox_limits()
     max_timeouts = ctx.config.code_max_timeouts if ctx.config is not None else 1
+    prefix = str(example.reference.get("prefix") or "")
+    entry_point = example.reference.get("entry_point")
+    tests = list(example.reference["tests"])
     report = TestReport(total=len(tests))
+    pending: list[tuple[int, CasePlan, str]] = []
     for k, test in enumerate(tests):
         if not report.compiled or report.timeouts >= max_timeouts:
             report.skipped = len(tests) - k
             break
-        token = secrets.token_hex(16)
-        result = sandbox.run(harness_program(solution, test), stdin=token + "\n", limits=limits)
-        if result.status == "ok" and token in result.stdout.splitlines():
-            report.passed += 1
-            continue
-        if result.status == "error" and result.exit_code == COMPILE_FAILED:
-            report.compiled = False
+        plan = plan_case(test, prefix, entry_point)
+        result = sandbox.run(record_program(solution, plan), limits=limits)
         report.timeouts += result.status == "timeout"
         report.sandbox_errors += result.status == "sandbox_error"
-        if not report.first_failure:
-            detail = (result.stderr.strip().splitlines() or [result.reason])[-1]
-            report.first_failure = f"case {k}: {result.status} {detail[:160]}".strip()
+        if result.status == "error" and result.exit_code == COMPILE_FAILED:
+            report.compiled = False
+        record = last_marked(result.stdout, LOG_MARK) if result.status in ("ok", "error") else None
+        if record is None or not report.compiled:
+            report.fail(k, _record_failure(result))
+        elif plan.literal is not None:
+            ok, why = judge_literal(plan.literal, record)
+            report.passed += ok
+            if not ok:
+                report.fail(k, why)
+        else:
+            pending.append((k, plan, record))
+    if pending:
+        _replay(pending, prefix, ctx, report)
     return report
+
+
+def _replay(pending: list[tuple[int, CasePlan, str]], prefix: str, ctx: RewardContext, report: TestReport) -> None:
+    """One replay run judging every pending case."""
+    cases = [(plan.test, plan.names, record) for _, plan, record in pending]
+    result = ctx.get_sandbox().run(replay_program(prefix, cases), limits=ctx.sandbox_limits())
+    report.sandbox_errors += result.status == "sandbox_error"
+    try:
+        verdicts = json.loads(last_marked(result.stdout, VERDICT_MARK) or "null")
+    except ValueError:
+        verdicts = None
+    if not isinstance(verdicts, list) or len(verdicts) != len(pending):
+        for k, _, _ in pending:
+            report.fail(k, f"replay run: {_record_failure(result)}")
+        return
+    for (k, _, _), (ok, why) in zip(pending, verdicts):
+        report.passed += ok is True
+        if ok is not True:
+            report.fail(k, str(why))
 
 
 def build_solution(example: Example, code: str) -> str:
@@ -151,8 +244,7 @@ def code_default(example: Example, completion: str, ctx: RewardContext) -> Rewar
         return ctx.blend(0.0, 0.0, {}, "no code found (no fenced block, no <answer> span)", False)
     if len(code) > MAX_CODE_CHARS:
         return ctx.blend(0.0, 0.0, {}, f"code longer than {MAX_CODE_CHARS} characters", False)
-    tests = list(example.reference["tests"])
-    report = run_tests(build_solution(example, code), tests, ctx)
+    report = run_tests(example, build_solution(example, code), ctx)
     share = report.passed / report.total if report.total else 0.0
     fmt = (1.0 if placed else 0.5) if report.compiled else 0.0
     return ctx.blend(share, fmt, _components(report), _why(report), report.total > 0 and report.passed == report.total)
@@ -184,12 +276,13 @@ def code_d1(example: Example, completion: str, ctx: RewardContext) -> RewardResu
         code = re.sub(rf"\bdef {defined.group(1)}\b", lambda _: f"def {expected}", code)
     if any(blocked in code for blocked in _D1_BLOCKED):
         return RewardResult(fmt, parts, "d1 code: a blocked substring (d1's is_safe_code); not run", False)
-    report = run_tests(build_solution(example, code), list(example.reference["tests"]), ctx)
+    report = run_tests(example, build_solution(example, code), ctx)
     share = report.passed / report.total if report.total else 0.0
     parts.update(_components(report))
     return RewardResult(share + fmt, parts, "d1 code: " + _why(report), report.total > 0 and report.passed == report.total)
 
 
 def time_budget(example: Example, ctx: RewardContext) -> float:
-    """Seconds the sandbox runs of one completion may take at most (on top of the worker's timeout)."""
-    return len(example.reference.get("tests") or ()) * (ctx.sandbox_limits().wall_s + 2.0)
+    """Seconds the sandbox runs of one completion may take at most (on top of the worker's timeout):
+    one record run per case and one replay run."""
+    return (len(example.reference.get("tests") or ()) + 1) * (ctx.sandbox_limits().wall_s + 2.0)

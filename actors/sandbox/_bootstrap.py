@@ -24,9 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import select
 import sys
-import time
 
 # Kept light on purpose: json, signal and traceback pull in re and enum, which would add tens of
 # milliseconds to every run; the config is ``key=value`` arguments and the status pipe plain lines.
@@ -39,6 +37,15 @@ _TYPES = {"status_fd": int, "parent_pid": int, "uid": int, "gid": int, "cpu_s": 
           "memory_mb": int, "max_processes": int, "max_open_files": int, "max_file_mb": int,
           "max_tmp_mb": int, "site_packages": int}
 _LISTS = ("namespaces", "require")
+
+
+def sibling(name: str):  # noqa: ANN201 - a module
+    """Import a module that sits next to this file (the bootstrap runs with ``-I``: not on the path)."""
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop()
 
 
 def parse_config(args: list[str]) -> dict:
@@ -122,12 +129,9 @@ def enter_namespaces(cfg: dict, prot: dict, notes: dict) -> str:
         except OSError as exc:
             notes["mount_namespace"] = str(exc)
             return workdir
-        # A sibling module; imported only here so that a sandbox without mounts never loads it.
-        sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-        try:
-            import _mounts
-        finally:
-            sys.path.pop()
+        # Imported only here so that a sandbox without mounts never loads them.
+        _mounts = sibling("_mounts")
+        sibling("_root")  # _mounts imports it from sys.modules
         workdir = _mounts.private_mounts(cfg, prot, notes)
     return workdir
 
@@ -198,6 +202,12 @@ def drop_privileges(cfg: dict, prot: dict, notes: dict) -> None:
         drop_capabilities()
     prctl(PR_SET_PDEATHSIG, SIGKILL)  # after setuid: a credential change clears it
     os.umask(0o077)
+    if prot.get("no_new_privs"):
+        try:
+            _seccomp.install(_LIBC)
+            prot["syscall_filter"] = True
+        except OSError as exc:
+            notes["syscall_filter"] = str(exc)
 
 
 def become_program(cfg: dict, prot: dict, notes: dict, reporter: Reporter) -> None:
@@ -250,12 +260,17 @@ def supervise(cfg: dict, prot: dict, notes: dict, reporter: Reporter, source: st
     every child until the program is gone, reports its status and exits (which, as PID 1, makes the
     kernel kill everything left in the namespace)."""
     prctl(PR_SET_PDEATHSIG, SIGKILL)
+    root = cfg.get("new_root", "")
     if prot.get("pid_namespace") and prot.get("mount_namespace"):
         try:  # a /proc of the new pid namespace: the program sees only its own processes
-            libc_call("mount", b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None)
+            libc_call("mount", b"proc", (root + "/proc").encode(), b"proc",
+                      ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None)
             prot["private_proc"] = True
         except OSError as exc:
             notes["private_proc"] = str(exc)
+    if root:  # the program's own root (_root.py); its processes all start from here
+        os.chroot(root)
+        os.chdir(cfg["workdir"])
     cfg["supervisor_pid"] = os.getpid()
     program = os.fork()
     if program == 0:
@@ -275,79 +290,6 @@ def supervise(cfg: dict, prot: dict, notes: dict, reporter: Reporter, source: st
     else:
         reporter.send("exit", os.waitstatus_to_exitcode(status))
     os._exit(0)
-
-
-def wait_with_timeout(pid: int, seconds: float) -> tuple[int | None, float]:
-    """Wait for child ``pid`` at most ``seconds``. Returns (wait status or None on timeout, elapsed)."""
-    start = time.monotonic()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = -1
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        elapsed = time.monotonic() - start
-        if done:
-            break
-        if elapsed >= seconds:
-            return None, elapsed
-        if pidfd >= 0:
-            select.select([pidfd], [], [], seconds - elapsed)
-        else:
-            time.sleep(min(0.005, seconds - elapsed))
-    if pidfd >= 0:
-        os.close(pidfd)
-    return status, elapsed
-
-
-def child_pids(ppid: int) -> list[int]:
-    """Pids whose parent is ``ppid`` (from /proc/<pid>/stat: CONFIG_PROC_CHILDREN may be absent)."""
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == str(ppid):
-            found.append(int(name))
-    return found
-
-
-def kill_descendants(timeout_s: float = 10.0) -> None:
-    """SIGKILL and reap every child of this process until none is left. As a subreaper this process
-    inherits the orphans of the run (double forks, setsid), so this empties the whole subtree."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            return  # the common case once the supervisor is reaped: nothing to scan for
-        children = child_pids(os.getpid())
-        for child in children:
-            try:  # noqa: SIM105 (contextlib would cost this start-up-bound process an import)
-                os.kill(child, SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not children:
-            time.sleep(0.001)
-
-
-def kill_uid_at_once(uid: int) -> None:
-    """SIGKILL every process of ``uid`` in one step: a helper that becomes ``uid`` calls kill(-1),
-    which the kernel delivers to all of them at once (no fork can slip between), sparing the helper."""
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.kill(-1, SIGKILL)
-        except OSError:
-            pass
-        os._exit(0)
-    os.waitpid(helper, 0)
 
 
 def setup(cfg: dict, prot: dict, notes: dict) -> str:
@@ -372,6 +314,10 @@ def setup(cfg: dict, prot: dict, notes: dict) -> str:
     return source
 
 
+_reaper = sibling("_reaper")
+_seccomp = sibling("_seccomp")  # loaded here: the program's root (chroot) does not hold this directory
+
+
 def main(argv: list[str]) -> None:
     # The interpreter's real path: a private /tmp (or a covered home) may hide the path it was started
     # by (e.g. a venv under /tmp), while its real directories are bound back in; programs that run
@@ -389,7 +335,7 @@ def main(argv: list[str]) -> None:
     supervisor = os.fork()
     if supervisor == 0:
         supervise(cfg, prot, notes, reporter, source)
-    status, elapsed = wait_with_timeout(supervisor, cfg["wall_s"])
+    status, elapsed = _reaper.wait_with_timeout(supervisor, cfg["wall_s"])
     if status is None:
         os.kill(supervisor, SIGKILL)
         reporter.send("timeout")
@@ -397,8 +343,8 @@ def main(argv: list[str]) -> None:
     elif os.WIFSIGNALED(status):
         reporter.send("supervisor", f"killed by signal {os.WTERMSIG(status)}")
     if cfg["uid"] is not None and not prot.get("pid_namespace"):
-        kill_uid_at_once(cfg["uid"])  # with a pid namespace the supervisor's end did this already
-    kill_descendants()
+        _reaper.kill_uid_at_once(cfg["uid"])  # with a pid namespace the supervisor's end did this already
+    _reaper.kill_descendants()
     reporter.send("wall_s", f"{elapsed:.6f}")
     os._exit(0)
 

@@ -3,6 +3,8 @@
 In a fresh mount namespace, with propagation made private first so nothing reaches the host:
 
 - ``readonly_root``: every inherited mount becomes read-only (``mount_setattr``, recursive);
+- ``private_root``: a new root holding only what the program needs (``_root.py``), entered by the
+  supervisor with ``chroot``; its ``/tmp`` is the private tmpfs below. Only when that fails:
 - ``private_tmp``: one size-limited tmpfs (``max_tmp_mb``) is mounted on /tmp, and /var/tmp and
   /dev/shm are bound to directories inside it; the working directory is recreated on it. Whatever
   the program writes there vanishes with the namespace, and shared /tmp content (other runs, Ray's
@@ -21,6 +23,7 @@ import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -143,15 +146,26 @@ def private_mounts(cfg: dict, prot: dict, notes: dict) -> str:
         notes["readonly_root"] = str(exc)
     workdir = host_workdir
     try:
-        workdir = private_tmp(cfg, source_path)
-        prot["private_tmp"] = True
+        import _root
+
+        cfg["new_root"] = _root.build_root(cfg, fds)
+        prot["private_root"] = prot["private_tmp"] = True
+        workdir = cfg["new_root"] + cfg["workdir"]
     except OSError as exc:
-        notes["private_tmp"] = str(exc)
-    if cfg["uid"] is not None:
+        notes["private_root"] = str(exc)
+        cfg.pop("new_root", None)
+        _LIBC.umount2(host_workdir.encode(), ctypes.c_int(MNT_DETACH))
+    if not prot.get("private_root"):  # the former layout: the host's tree, a private /tmp
         try:
-            expose_interpreter(cfg, fds, notes)
+            workdir = private_tmp(cfg, source_path)
+            prot["private_tmp"] = True
         except OSError as exc:
-            notes["interpreter"] = str(exc)
+            notes["private_tmp"] = str(exc)
+        if cfg["uid"] is not None:
+            try:
+                expose_interpreter(cfg, fds, notes)
+            except OSError as exc:
+                notes["interpreter"] = str(exc)
     for fd in fds.values():
         os.close(fd)
     return workdir

@@ -55,6 +55,10 @@ PROTECTIONS = {
     "private_proc": "a /proc showing only the run's own processes",
     "private_tmp": "a size-limited tmpfs on /tmp, /var/tmp, /dev/shm and the working directory",
     "readonly_root": "every inherited mount read-only",
+    "private_root": "a root of its own (chroot): the interpreter, its libraries (and allowed packages), a few "
+                    "/dev nodes, its /proc and its tmpfs; no other host path exists inside",
+    "syscall_filter": "seccomp: no new namespaces (user namespaces included), no mount, chroot, bpf, ptrace, "
+                      "io_uring, perf, keyring or module syscalls",
 }
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from actors.rewards import RewardContext, score
-from actors.rewards.code import COMPILE_FAILED, harness_program
+from actors.rewards.code import COMPILE_FAILED, plan_case, record_program
 from actors.tasks.code import code_example
 from actors.tasks.loading import Row
 from system.config import RewardConfig
@@ -40,11 +40,13 @@ def answer(code: str) -> str:
     return f"<reasoning>\nSimple.\n</reasoning>\n<answer>\n```python\n{code}```\n</answer>\n"
 
 
-def test_harness_is_ascii_and_keeps_the_texts_as_literals():
-    program = harness_program("print('\u00e9')\n", "assert True\n")
-    # ascii() escapes the non-ASCII character and picks double quotes around a text holding single ones.
-    assert program.isascii() and """_stabledrl_harness("print('\\xe9')\\n", 'assert True\\n')""" in program
-    assert f"SystemExit({COMPILE_FAILED})" in program
+def test_record_program_is_ascii_and_holds_no_expected_value():
+    plan = plan_case("assert add(1, 2) == 12345\n", "", "add")
+    program = record_program("print('\u00e9')\n", plan)
+    # ascii() escapes the non-ASCII character; the expected value 12345 is not in the program.
+    assert program.isascii() and """record_main("print('\\xe9')\\n", '(add(1, 2),)\\n'""" in program
+    assert "12345" not in program and f", {COMPILE_FAILED})" in program
+    assert plan.literal is not None and (plan.literal.args, plan.literal.expected) == ((1, 2), 12345)
 
 
 def test_correct_partial_and_wrong(ctx):
