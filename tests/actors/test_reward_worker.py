@@ -130,8 +130,8 @@ def test_a_process_killed_while_idle_is_replaced_before_it_gets_work():
     """kill -9 of an idle scoring process (issue 19): the next batch is scored in full by a replacement,
     not failed with BrokenPipeError, and nothing is scored 0 for it."""
     with RewardWorker(RewardConfig(num_workers=2, timeout_s=3.0), extra_rewards=EXTRA) as w:
-        assert w.score([(COUNTDOWN, good("3*5+7"))])[0].correct  # both processes are up and idle now
-        victim = w._slots[0].process
+        assert w.score([(COUNTDOWN, good("3*5+7"))])[0].correct
+        victim = next(slot.process for slot in w._slots if slot.ready)  # it scored that item: up and idle now
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(timeout=10)  # reaped: its pipe is closed, as after any kill -9
         results = w.score([(COUNTDOWN, good("3*5+7")), (SUDOKU, good("3241142343122134")), (COUNTDOWN, "")])
