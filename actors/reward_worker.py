@@ -134,6 +134,10 @@ class RewardWorker:
     @staticmethod
     def _startup_failure(slot: _Slot) -> RuntimeError:
         slot.process.join(timeout=5)
+        code = slot.process.exitcode
+        if code is not None and code < 0:  # a signal from outside (the OOM killer, kill -9), not a bad import
+            return RuntimeError(f"reward worker {slot.process.pid} was killed by signal {-code} while starting, "
+                                "before it could score anything; if the OOM killer did it, lower reward.num_workers")
         return RuntimeError(
             f"reward worker {slot.process.pid} exited at start-up (exit code {slot.process.exitcode}); see its "
             "stderr. A script that creates a RewardWorker needs the `if __name__ == '__main__':` guard "
