@@ -533,6 +533,15 @@ class SFTConfig(Section):
     loss_weighting: Literal["elbo", "mean"] = Field(
         "elbo", description="elbo: 1/t-weighted sum per sequence (the bound); mean: per-token mean over masked."
     )
+    wrong_demos: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of the training demonstrations written wrong by a careless "
+        "annotator (sudoku; learner/demonstrations.py): the imperfect start RL with the exact verifier improves past."
+    )
+    wrong_demo_kind: Literal["shift", "random", "blank"] = Field(
+        "shift", description="How a wrong demonstration is wrong: shift = every blank cell one digit too high (a "
+        "consistent convention); random = every blank cell a random other digit; blank = the puzzle handed back "
+        "unsolved (blank cells left 0)."
+    )
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_examples: int = Field(64, ge=0, description="Test examples decoded after training (0: skip).")
     block_staircase: bool = Field(

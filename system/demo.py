@@ -38,13 +38,21 @@ def sft_config(task: str, overrides: list[str], seed: int = 0) -> Config:
     return load_config(base, [f"data.task={task}", f"seed={seed}", *overrides])
 
 
+def _set_fields(overrides: list[str], section: str) -> set[str]:
+    """The fields of ``section`` that ``--set section.field=...`` overrides name."""
+    return {o.split("=", 1)[0].split(".")[1] for o in overrides if o.startswith(section + ".") and "=" in o}
+
+
 def rl_config(sft: Config, checkpoint: str, run_dir: Path, overrides: list[str], seed: int = 0) -> Config:
     """The RL stage (configs/demo_rl.yaml) from ``checkpoint`` with ``seed``, and the SFT stage's task data
-    and decoding shape, so the policy is trained and scored on what it was fine-tuned on."""
+    and decoding shape, so the policy is trained and scored on what it was fine-tuned on; a field that
+    ``overrides`` sets explicitly (``--set data.num_train=...``) keeps the RL stage's value."""
     cfg = load_config(CONFIGS / "demo_rl.yaml", [f"output_dir={run_dir / 'rl'}", f"seed={seed}", *overrides])
-    update = {"model": cfg.model.model_copy(update={"path": checkpoint}), "data": sft.data,
-              "decoding": cfg.decoding.model_copy(update={
-                  k: getattr(sft.decoding, k) for k in ("gen_length", "block_length", "steps")})}
+    own_data, own_decoding = _set_fields(overrides, "data"), _set_fields(overrides, "decoding")
+    data = sft.data.model_copy(update={k: getattr(cfg.data, k) for k in own_data})
+    shape = {k: getattr(sft.decoding, k) for k in ("gen_length", "block_length", "steps") if k not in own_decoding}
+    update = {"model": cfg.model.model_copy(update={"path": checkpoint}), "data": data,
+              "decoding": cfg.decoding.model_copy(update=shape)}
     return cfg.model_copy(update=update)
 
 
