@@ -33,7 +33,6 @@ Progress goes to stderr; the last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
