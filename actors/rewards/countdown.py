@@ -1,9 +1,10 @@
 """Countdown rewards: does the expression in the last ``<answer>`` use each given number exactly once
-and reach the target (within 1e-5)? Expressions are parsed by :mod:`actors.rewards.arith`, never
+and reach the target (``default``: exactly, as a fraction; ``d1``: within 1e-5)? Expressions are parsed by :mod:`actors.rewards.arith`, never
 evaluated as Python.
 
 ``default``: the ``STRICT`` dialect (integers, binary + - * /, parentheses), exact rational
-arithmetic; an optional trailing ``= <target>`` is accepted. Different answer spans side by side are
+arithmetic compared exactly with the target (``99 + 1 + 1/200000`` is not 100; d1's 1e-5 tolerance
+would accept it); an optional trailing ``= <target>`` is accepted. Different answer spans side by side are
 a hedge and score nothing. score = (1 - w) * correct + w * layout.
 
 ``d1`` (the published code): no ``<answer>`` -> 0.0; otherwise 0.1 unless the integers found by
@@ -24,7 +25,7 @@ from actors.rewards.context import RewardContext
 from actors.rewards.extract import last_answer, layout_ok
 from system.types import Example, RewardResult
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # d1 only
 
 
 def _strip_target(expression: str, target: int) -> str:
@@ -54,7 +55,7 @@ def countdown_default(example: Example, completion: str, ctx: RewardContext) -> 
         value = evaluate(rpn, STRICT)
     except ArithError as e:
         return ctx.blend(0.0, fmt, {"valid": 0.0}, f"cannot evaluate: {e}", False)
-    ok = abs(value - target) < Fraction(TOLERANCE)
+    ok = value == Fraction(target)
     return ctx.blend(float(ok), fmt, {"valid": 1.0},
                      f"{expression!r} = {value} {'==' if ok else '!='} {target}", ok)
 

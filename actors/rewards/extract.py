@@ -15,6 +15,9 @@ MAX_COMPLETION_CHARS = 100_000
 _ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _BOX_START = re.compile(r"\\(?:boxed|fbox)")
+# "The answer is 42.", "So the final answer is $42$", "Answer: 42": bounded, on the text's tail only.
+_PLAIN_STATEMENT = re.compile(r"\banswer\s*(?:is|:)[ \t:]*([^\n]{1,80}?)[ \t]*\.?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+PLAIN_TAIL_CHARS = 2000
 
 
 def answer_spans(text: str) -> list[str]:
@@ -63,7 +66,9 @@ def final_math_answer(text: str) -> tuple[str | None, str]:
     """The answer span of a math completion and where it came from, or (None, why not).
 
     Order: inside the last ``<answer>`` span, its last ``\\boxed{}`` else its whole content; with no
-    answer tags, the last ``\\boxed{}`` of the text, else the line after the last ``####``. Several
+    answer tags, the last ``\\boxed{}`` of the text, else the line after the last ``####``, else the
+    last plain statement "... answer is X" / "Answer: X" (the layout part of the score still asks
+    for the tags; correctness does not). Several
     *different* answer spans, or several different boxes in the chosen region, are ambiguous (a
     hedge) and give (None, "ambiguous: ...").
     """
@@ -85,7 +90,10 @@ def final_math_answer(text: str) -> tuple[str | None, str]:
     if "####" in text:
         tail = text.rsplit("####", 1)[1].strip().split("\n", 1)[0].strip()
         return (tail, "####") if tail else (None, "nothing after ####")
-    return None, "no <answer> span, \\boxed{} or ####"
+    statements = _PLAIN_STATEMENT.findall(text[-PLAIN_TAIL_CHARS:])
+    if statements:
+        return statements[-1].strip(), "a plain statement"
+    return None, "no <answer> span, \\boxed{}, #### or 'the answer is ...'"
 
 
 def last_answer(text: str) -> tuple[str | None, str]:

@@ -6,7 +6,8 @@ else the line after ``####``; different answers side by side are a hedge and sco
 plain number with words around it ("$18", "18 dollars", "x = 18", "The answer is 18.") is reduced
 to the number, and both sides go to math-verify wrapped in ``\\boxed{}`` (gold first). Commas,
 ``$``, ``\\text{}`` units, fractions, decimals and percentages are math-verify's to compare.
-math-verify's own timeouts use ``signal.alarm`` and break outside the main thread, so they are off
+Numbers are compared to 15 decimals, not math-verify's 6 (:data:`EXACT_DIGITS`): a rounded decimal of
+``14/3`` or ``\\pi`` is not the exact answer. math-verify's own timeouts use ``signal.alarm`` and break outside the main thread, so they are off
 (``parsing_timeout=None, timeout_seconds=None``): the RewardWorker bounds time by killing the process,
 and spans that are too long, too deeply bracketed or with unbalanced braces (math-verify can spend
 seconds on those) are wrong without calling it.
@@ -36,6 +37,10 @@ from system.types import Example, RewardResult
 
 MAX_ANSWER_CHARS = 1000
 MAX_NESTING = 6  # math-verify's time grows fast with bracket depth: 2 s at depth 8, 18 s at 30
+# math-verify rounds numbers to 6 decimals before comparing, so 0.1234568 "equals" 0.1234567 and
+# 4.666667 equals 14/3. The default profile compares to float precision instead: an exact gold
+# needs the exact answer (or a decimal right to 15 digits). A profile that wants rounding passes it.
+EXACT_DIGITS = 15
 
 
 class _TimeoutsAreOurs(logging.Filter):
@@ -87,8 +92,9 @@ def _parse_gold(gold: str) -> tuple:
     return tuple(parse("\\boxed{" + gold + "}", parsing_timeout=None))
 
 
-def math_verify_equal(gold: str, span: str) -> tuple[bool, str]:
-    """(equal, why) for a reference answer and an extracted answer span, via math-verify."""
+def math_verify_equal(gold: str, span: str, float_rounding: int = EXACT_DIGITS) -> tuple[bool, str]:
+    """(equal, why) for a reference answer and an extracted answer span, via math-verify, numbers
+    compared after rounding to ``float_rounding`` decimals (math-verify's own default is 6)."""
     from math_verify import parse, verify
 
     gold_parsed = list(_parse_gold(gold))
@@ -97,7 +103,7 @@ def math_verify_equal(gold: str, span: str) -> tuple[bool, str]:
     pred = parse(_verify_text(span), parsing_timeout=None)
     if not pred:
         return False, f"the answer {span[:80]!r} does not parse"
-    ok = verify(gold_parsed, pred, timeout_seconds=None)
+    ok = verify(gold_parsed, pred, float_rounding=float_rounding, timeout_seconds=None)
     return bool(ok), ("equal to" if ok else "not equal to") + f" the reference {gold!r}"
 
 

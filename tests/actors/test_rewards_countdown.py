@@ -125,3 +125,11 @@ def test_python_dialect_matches_python_semantics(text, value):
 def test_parser_errors(text, dialect, message):
     with pytest.raises(ArithError, match=message):
         evaluate(parse(text, dialect), dialect)
+
+
+def test_default_is_exact_where_d1_has_a_tolerance():
+    near = puzzle([99, 1, 1, 200000], 100)
+    expression = "99 + 1 + 1/200000"  # 100.000005: within d1's 1e-5, not the target
+    assert not score(near, wrap(expression)).correct
+    assert score(near, wrap(expression), RewardContext("d1")).correct
+    assert score(near, wrap("99 + 1 * 1 + 0 * 200000")).score < 0.5  # 0 is not a given number

@@ -177,3 +177,25 @@ def test_hendrycks_normalisation_quirks():
     assert last_boxed_only("\\boxed 5$ tail") == "\\boxed 5" and remove_boxed("\\boxed 5") == "5"
     with pytest.raises(TypeError):
         remove_boxed(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("gold", "answer", "correct"), [
+    ("0.1234567", "0.1234568", False),  # math-verify's 6-decimal rounding would call these equal
+    ("0.1234567", "0.1234567", True),
+    ("\\frac{14}{3}", "4.666667", False),  # a rounded decimal of an exact fraction
+    ("\\frac{14}{3}", "\\frac{28}{6}", True),
+    ("\\pi", "3.14159", False),
+    ("2\\pi", "\\pi \\cdot 2", True),
+    ("\\frac{3}{2}", "1.5", True),  # an exact decimal is still the same number
+])
+def test_default_exact_gold_needs_the_exact_answer(gold, answer, correct):
+    example = Example("math", "m", "q", {"answer": gold})
+    assert score(example, wrap(f"\\boxed{{{answer}}}")).correct is correct
+
+
+@pytest.mark.parametrize("text", ["The answer is 72.", "So the final answer is 72", "Answer: 72",
+                                  "I think the answer is: $72$."])
+def test_default_plain_statement_without_tags(text):
+    result = score(GSM, "Twelve times six.\n" + text)
+    assert result.correct and result.components["format"] == 0.0  # correct, but not laid out as asked
+    assert not score(GSM, "Twelve times six.\nThe answer is 71.").correct
