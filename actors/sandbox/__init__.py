@@ -2,8 +2,9 @@
 
 - ``base.py``: ``SandboxLimits``, ``SandboxResult`` and the ``Sandbox`` protocol;
 - ``process.py``: ``ProcessSandbox``, local child processes with rlimits, a per-run uid and new
-  network / pid / mount namespaces where the OS allows (``_bootstrap.py`` and ``_mounts.py`` are
-  its child side, standard library only); ``PROTECTIONS`` names what a run can report as active;
+  network / pid / mount namespaces, a root of its own and a syscall filter where the OS allows
+  (``_bootstrap.py``, ``_mounts.py``, ``_root.py``, ``_seccomp.py`` and ``_reaper.py`` are its child
+  side, standard library only); ``PROTECTIONS`` names what a run can report as active;
 - ``remote.py``: ``HttpSandbox``, a client of a Sandbox-Fusion-style ``run_code`` service;
 - ``procfs.py``: finding and killing a uid's processes.
 

@@ -13,7 +13,8 @@ Statuses of a run:
   service unreachable); the program may not have run at all.
 
 A zero exit status is not proof that tests passed: the program text can call ``os._exit(0)`` before
-its tests run. Callers that score code must check for evidence printed after the tests.
+its tests run, and anything else in its process is its own to change. The code reward therefore
+decides no verdict inside a run (``actors/rewards/code_harness.py``).
 """
 
 from __future__ import annotations
