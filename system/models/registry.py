@@ -28,6 +28,7 @@ FAMILY_MODULES: dict[str, str] = {
     "dream": "system.models.dream",
     "sdar": "system.models.sdar",
     "llada2": "system.models.llada2",
+    "diffusion_gemma": "system.models.diffusion_gemma",
 }
 
 
@@ -38,6 +39,7 @@ class Family:
     build_net: Callable[[dict], nn.Module]
     spec: Callable[[dict, Path | None], ModelSpec]
     load_net: Callable[[Path, dict, torch.dtype, str], nn.Module] | None = None
+    adapter: type[DiffusionModel] = DiffusionModel  # a family whose contract differs subclasses it
 
 
 def get_family(name: str) -> Family:
@@ -106,7 +108,7 @@ def load_model(
             net = family.build_net(config)
         net = load_weights(net, directory, torch_dtype, device)
     net.eval()
-    return DiffusionModel(net, spec)
+    return family.adapter(net, spec)
 
 
 def build_on_meta(config: dict) -> nn.Module:
