@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from actors.decoding.reference import ReferenceDecoder
+from actors.decoding.fast import build_decoder
 from actors.generate import completion_text, stop_ids
 from actors.reward_worker import RewardWorker
 from actors.tasks import load_task_data
@@ -80,7 +80,7 @@ def decode_split(
     greedy: bool = True, batch_size: int | None = None,
 ) -> list[tuple[str, int]]:
     """(completion text, completion tokens before the first stop) per example, in order."""
-    decoder = ReferenceDecoder(model, eval_decoding(cfg, greedy))
+    decoder = build_decoder(model, eval_decoding(cfg, greedy))  # the configured mode, as rollouts decode
     style, stops = PromptStyle.from_config(cfg.data), stop_ids(model)
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     size = batch_size or cfg.rollout.decode_batch_size

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from actors.decoding.reference import ReferenceDecoder
+from actors.decoding.fast import build_decoder
+from actors.decoding.modes import is_approximate
 from actors.generate import completion_text, stop_ids
 from actors.tasks.prompts import PromptStyle, prompt_ids
 from system.config import Config
@@ -29,7 +30,7 @@ class RolloutWorker:
         self.worker_index = worker_index
         self.model, self.tokenizer = build_policy(cfg.model, cfg.seed)
         self.model.eval().requires_grad_(False)
-        self.decoder = ReferenceDecoder(self.model, cfg.decoding)
+        self.decoder = build_decoder(self.model, cfg.decoding)  # the mode is recorded with every rollout
         self.generator = torch.Generator(device=self.model.device).manual_seed(cfg.seed * 1_000_003 + worker_index)
         self.style = PromptStyle.from_config(cfg.data)  # as evaluation and SFT render prompts
         self.version = WeightVersion(0, "initial")
@@ -97,6 +98,7 @@ class RolloutWorker:
         start = time.monotonic()
         out = self.decoder.generate([ids for _, ids in rows], self.generator)
         seconds = time.monotonic() - start
+        approximate = float(is_approximate(out.decoder))
         result = []
         for i, (ex, ids) in enumerate(rows):
             completion = out.completion_ids[i].cpu()
@@ -105,8 +107,8 @@ class RolloutWorker:
                 unmask_step=out.unmask_step[i].cpu(), logprobs=out.logprobs[i].cpu(),
                 entropies=out.entropies[i].cpu(), completion_mask=~out.filled[i].cpu(),
                 completion_text=completion_text(self.tokenizer, completion.tolist(), self._stops),
-                policy_version=version,
+                policy_version=version, decoder=out.decoder,
                 decode_stats={"steps": float(out.steps_taken[i]), "seconds": seconds / len(rows),
-                              "length": float((~out.filled[i]).sum())},
+                              "length": float((~out.filled[i]).sum()), "approximate_cache": approximate},
             ))
         return result

@@ -73,13 +73,21 @@ class DecodingConfig(Section):
     block_length: int = Field(32, ge=1, description="Semi-autoregressive block length (B); divides gen_length.")
     steps: int = Field(64, ge=1, description="Total denoising steps (T); a multiple of gen_length / block_length.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="Gumbel-max temperature; 0 = greedy.")
-    remasking: Literal["low_confidence", "random", "threshold"] = Field(
+    remasking: Literal["low_confidence", "random", "threshold", "factor"] = Field(
         "low_confidence",
         description="low_confidence: the k most confident; random: k uniformly random; threshold: every "
-        "position whose confidence reaches confidence_threshold (at least one; Fast-dLLM parallel decoding).",
+        "position whose confidence reaches confidence_threshold (at least one; Fast-dLLM parallel decoding); "
+        "factor: the n most confident with (n + 1)(1 - c_n) < parallel_factor (at least one; Fast-dLLM).",
     )
     confidence_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Threshold of 'threshold' remasking.")
+    parallel_factor: float = Field(1.0, gt=0.0, description="f of 'factor' remasking; larger reveals more a step.")
     use_cache: bool = Field(True, description="Exact KV cache of finished blocks for block-attention models.")
+    cache: Literal["none", "prefix", "dual"] = Field(
+        "none",
+        description="Approximate KV cache of full-attention models, refreshed once per block (Fast-dLLM): prefix "
+        "caches the tokens before the block, dual also the masked suffix after it. Samples from a distribution "
+        "near, not equal to, the policy's (rollouts record it in decode_stats); block models ignore it.",
+    )
     top_k: int | None = Field(None, ge=1, description="Keep only the k most likely tokens when sampling.")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     cfg_scale: float = Field(0.0, ge=0.0, description="Classifier-free guidance scale s (0 = off).")
@@ -101,6 +109,11 @@ class DecodingConfig(Section):
             raise ValueError(
                 f"steps per block ({self.steps // num_blocks}) exceeds block_length ({self.block_length}): "
                 "some steps would reveal nothing; lower steps"
+            )
+        if self.cache != "none" and self.cfg_scale > 0:
+            raise ValueError(
+                f"cache '{self.cache}' does not support classifier-free guidance (cfg_scale {self.cfg_scale}); "
+                "set decoding.cache: none or decoding.cfg_scale: 0"
             )
         return self
 
@@ -631,6 +644,19 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _check_decoder_truth(self) -> Config:
+        # An approximate cache samples from a distribution that is not the policy's, so the log-probs it
+        # records are not log pi_old: AGRPO's cached old log-probs would be wrong (issue 18).
+        algo = self.algorithm
+        if self.decoding.cache != "none" and algo.estimator == "agrpo" and algo.agrpo_old_logprobs == "cached":
+            raise ValueError(
+                f"decoding.cache '{self.decoding.cache}' is an approximate KV cache: the log-probs it records are "
+                "not the policy's, so AGRPO's cached old log-probs would be wrong; set "
+                "algorithm.agrpo_old_logprobs: recompute, or decoding.cache: none"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- loading

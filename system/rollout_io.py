@@ -22,7 +22,7 @@ def _rollout_row(r: Rollout) -> dict[str, Any]:
     row = {k: (None if getattr(r, k) is None else getattr(r, k).tolist()) for k in _TENSORS}
     row.update(example_id=r.example_id, completion_text=r.completion_text, policy_version=r.policy_version,
                reward=r.reward, reward_components=r.reward_components, reward_reason=r.reward_reason,
-               decode_stats=r.decode_stats)
+               decode_stats=r.decode_stats, decoder=r.decoder)
     return row
 
 
@@ -47,7 +47,7 @@ def _rollout(row: dict[str, Any]) -> Rollout:
                    policy_version=int(row.get("policy_version", 0)), reward=float(row["reward"]),
                    reward_components=dict(row.get("reward_components", {})),
                    reward_reason=row.get("reward_reason", ""), decode_stats=dict(row.get("decode_stats", {})),
-                   **tensors)
+                   decoder=str(row.get("decoder", "")), **tensors)
 
 
 def load_groups(path: str | Path) -> Iterator[RolloutGroup]:

@@ -58,6 +58,9 @@ class Rollout:
     reward_components: dict[str, float] = field(default_factory=dict)
     reward_reason: str = ""
     decode_stats: dict[str, float] = field(default_factory=dict)
+    # The decoding mode that produced it (actors.decoding.modes, e.g. "threshold/dual_cache"); an
+    # approximate cache's log-probs are not the policy's (decode_stats["approximate_cache"] = 1).
+    decoder: str = ""
 
 
 @dataclass

@@ -86,7 +86,7 @@ def test_wrong_type_names_path_and_value() -> None:
 def test_wrong_literal_names_allowed_values() -> None:
     msg = _error(["decoding.remasking=topk"])
     assert "decoding.remasking = 'topk'" in msg
-    assert "'low_confidence', 'random' or 'threshold'" in msg
+    assert "'low_confidence', 'random', 'threshold' or 'factor'" in msg
 
 
 @pytest.mark.parametrize(

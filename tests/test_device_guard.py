@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from actors.decoding.fast import build_decoder
 from actors.decoding.reference import ReferenceDecoder
 from learner.batch import build_train_batch, micro_batches
 from learner.estimators import ESTIMATORS, batch_from_decode, estimator_from_config, get_estimator
@@ -58,6 +59,9 @@ DECODING = {
     "low_confidence": {},
     "random": {"remasking": "random"},
     "threshold": {"remasking": "threshold", "confidence_threshold": 0.5},
+    "factor": {"remasking": "factor", "parallel_factor": 1.5},
+    "prefix_cache": {"cache": "prefix", "remasking": "threshold", "confidence_threshold": 0.5},
+    "dual_cache": {"cache": "dual", "remasking": "factor"},
     "cfg": {"cfg_scale": 1.0},
     "greedy": {"temperature": 0.0},
 }
@@ -67,7 +71,7 @@ DECODING = {
 def test_reference_decoder_keeps_to_the_models_device(mode: str) -> None:
     model = tiny_model()
     params = DecodingConfig(gen_length=8, block_length=4, steps=4, **{**SAMPLING, **DECODING[mode]})
-    decoder, gen = ReferenceDecoder(model, params), device_generator(model)
+    decoder, gen = build_decoder(model, params), device_generator(model)
     with strict_devices():
         out = decoder.generate(PROMPTS, gen)
     assert out.completion_ids.device == model.device and out.unmask_step.min() >= 0
@@ -80,6 +84,13 @@ def test_every_family_decodes_under_the_guard(family: str) -> None:
     block = model.attention == "block"
     params = DecodingConfig(gen_length=8, block_length=4, steps=4, use_cache=block, stop_at_eos=False, **SAMPLING)
     decoder, gen = ReferenceDecoder(model, params), device_generator(model)
+    with strict_devices():
+        out = decoder.generate(PROMPTS, gen)
+    assert out.completion_ids.shape == (3, 8)
+    # The fast modes (issue 18): the approximate dual cache on full-attention families (the window
+    # cache, Dream's one-position lead), the parallel rule over the exact block cache on block families.
+    fast = params.model_copy(update={"cache": "dual", "remasking": "threshold", "confidence_threshold": 0.5})
+    decoder = build_decoder(model, fast)
     with strict_devices():
         out = decoder.generate(PROMPTS, gen)
     assert out.completion_ids.shape == (3, 8)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from actors.decoding.modes import decoder_mode
+from actors.decoding.parallel import PARALLEL_RULES, parallel_count
 from system.config import DecodingConfig
 from system.diffusion import block_layout, left_pad, num_transfer_tokens, positions_from_padding
 from system.models.base import DiffusionModel, KVCache
@@ -42,12 +44,14 @@ class DecodeOutput:
     prompt_ids: torch.Tensor  # [B, P] left-padded
     prompt_mask: torch.Tensor  # [B, P] 1 = real token
     completion_ids: torch.Tensor  # [B, L]
-    unmask_step: torch.Tensor  # [B, L] long: global step at which each token was revealed
+    unmask_step: torch.Tensor  # [B, L] long: the row's step (counted per row) at which each token was revealed
     logprobs: torch.Tensor  # [B, L] float32: log-prob of the token under the sampling distribution
     entropies: torch.Tensor  # [B, L] float32: entropy of that distribution at reveal
     filled: torch.Tensor  # [B, L] bool: filled with EOS after the row stopped, not sampled
     steps_taken: torch.Tensor  # [B] long: steps the row was decoded for
     forward_passes: int  # row-level forward passes (a CFG step counts 2 per row)
+    forward_tokens: int = 0  # query tokens run through the model, summed over rows and passes
+    decoder: str = "reference"  # the decoding mode (actors.decoding.fast.decoder_mode)
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -128,7 +132,10 @@ class _Batch:
     filled: torch.Tensor
     steps_taken: torch.Tensor
     active: torch.Tensor  # [B] bool, rows still decoding
+    window: KVCache | None = None  # approximate decoders: this block's refreshed cache (actors.decoding.fast)
+    window_rows: torch.Tensor | None = None  # the rows it holds
     passes: int = 0
+    tokens: int = 0
 
 
 class ReferenceDecoder:
@@ -150,6 +157,7 @@ class ReferenceDecoder:
                 f"size ({bs}) for a block-attention model"
             )
         self.use_cache = params.use_cache and model.attention == "block"
+        self.mode = decoder_mode(model.attention, params)
         if self.use_cache and params.cfg_scale > 0:
             raise ValueError("classifier-free guidance is not supported with the block KV cache; set decoding.use_cache=false")
 
@@ -196,6 +204,7 @@ class ReferenceDecoder:
             self.model(b.x[:, :b.plen], attention_mask=b.prompt_mask, position_ids=b.pos[:, :b.plen],
                        cache=cache, store_cache=True)
             b.passes += b.x.shape[0]
+            b.tokens += b.x.shape[0] * b.plen
         num_blocks, _ = block_layout(p.gen_length, p.block_length, p.steps)
         step = 0
         for block in range(num_blocks):
@@ -205,6 +214,7 @@ class ReferenceDecoder:
                 self.model(b.x[:, lo:hi], attention_mask=b.attn[:, :hi], position_ids=b.pos[:, lo:hi],
                            cache=cache, store_cache=True)
                 b.passes += b.x.shape[0]
+                b.tokens += b.x.shape[0] * (hi - lo)
             if p.stop_at_eos:
                 self._stop_rows(b, lo, hi)
             if not bool(b.active.any()):
@@ -212,7 +222,7 @@ class ReferenceDecoder:
         return DecodeOutput(
             prompt_ids=b.x[:, :b.plen], prompt_mask=b.prompt_mask, completion_ids=b.x[:, b.plen:],
             unmask_step=b.unmask_step, logprobs=b.logprobs, entropies=b.entropies, filled=b.filled,
-            steps_taken=b.steps_taken, forward_passes=b.passes,
+            steps_taken=b.steps_taken, forward_passes=b.passes, forward_tokens=b.tokens, decoder=self.mode,
         )
 
     def _decode_block(
@@ -221,41 +231,54 @@ class ReferenceDecoder:
         """Reveal every masked token of block ``[lo, hi)``; returns the next global step index."""
         p, mask_id, plen = self.params, self.model.mask_token_id, b.plen
         _, steps_per_block = block_layout(p.gen_length, p.block_length, p.steps)
-        threshold = p.remasking == "threshold"
+        threshold = p.remasking in PARALLEL_RULES
         schedule = num_transfer_tokens((b.x[:, lo:hi] == mask_id).sum(-1), steps_per_block)
         for i in range(p.block_length if threshold else steps_per_block):
             pending = b.active & (b.x[:, lo:hi] == mask_id).any(-1)
             if not bool(pending.any()):
                 break
             rows = pending.nonzero().squeeze(-1)
-            if cache is not None:
-                # The cache holds every row, so every row runs; only pending rows sample (the same
-                # random draws as the uncached path).
-                logits = self.model(b.x[:, lo:hi], attention_mask=b.attn[:, :hi], position_ids=b.pos[:, lo:hi],
-                                    cache=cache).float()[rows]
-                b.passes += b.x.shape[0]
-            else:
-                logits = self._logits(b.x[rows], b.attn[rows], b.pos[rows], plen, b.prompt_mask[rows])[:, lo:hi]
-                b.passes += rows.numel() * (2 if p.cfg_scale > 0 else 1)
+            logits = self._block_logits(b, rows, lo, hi, i, cache)
             k = None if threshold else schedule[rows, i]
             reveal, tokens, lp, ent = self._step(b.x[rows, lo:hi], logits, k, generator)
             region = b.x[rows, lo:hi]
             b.x[rows, lo:hi] = torch.where(reveal, tokens, region)
             c_lo, c_hi = lo - plen, hi - plen
-            b.unmask_step[rows, c_lo:c_hi] = torch.where(reveal, step, b.unmask_step[rows, c_lo:c_hi])
+            # Each row counts its own steps: under a parallel rule rows finish a block after different
+            # numbers of steps, and a row's trajectory must not depend on the others in its batch.
+            row_step = b.steps_taken[rows, None]
+            b.unmask_step[rows, c_lo:c_hi] = torch.where(reveal, row_step, b.unmask_step[rows, c_lo:c_hi])
             b.logprobs[rows, c_lo:c_hi] = torch.where(reveal, lp, b.logprobs[rows, c_lo:c_hi])
             b.entropies[rows, c_lo:c_hi] = torch.where(reveal, ent, b.entropies[rows, c_lo:c_hi])
-            b.steps_taken[pending] = step + 1
+            b.steps_taken[rows] += 1
             step += 1
         return step
+
+    def _block_logits(
+        self, b: _Batch, rows: torch.Tensor, lo: int, hi: int, i: int, cache: KVCache | None
+    ) -> torch.Tensor:
+        """Logits ``[len(rows), hi - lo, V]`` of the block at its ``i``-th step, for the still-pending
+        ``rows``: the whole sequence through the model, or the block over the exact block cache."""
+        if cache is not None:
+            # The cache holds every row, so every row runs; only pending rows sample (the same
+            # random draws as the uncached path).
+            logits = self.model(b.x[:, lo:hi], attention_mask=b.attn[:, :hi], position_ids=b.pos[:, lo:hi],
+                                cache=cache).float()[rows]
+            b.passes += b.x.shape[0]
+            b.tokens += b.x.shape[0] * (hi - lo)
+            return logits
+        copies = 2 if self.params.cfg_scale > 0 else 1
+        b.passes += rows.numel() * copies
+        b.tokens += rows.numel() * copies * b.x.shape[1]
+        return self._logits(b.x[rows], b.attn[rows], b.pos[rows], b.plen, b.prompt_mask[rows])[:, lo:hi]
 
     def _step(
         self, x: torch.Tensor, logits: torch.Tensor, k: torch.Tensor | None, generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One denoising step on the current block of some rows: ``x [b, n]``, ``logits [b, n, V]``.
         Returns ``(reveal [b, n] bool, tokens, logprobs, entropies)``. ``k`` tokens per row are revealed;
-        ``k=None`` (threshold remasking) reveals every position whose confidence reaches the threshold,
-        and at least the most confident one."""
+        ``k=None`` (threshold / factor remasking, `actors.decoding.parallel`) reveals as many of the most
+        confident positions as the rule allows, at least one."""
         p = self.params
         b, n, vocab = logits.shape
         filtered = filter_logits(logits, p.top_k, p.top_p)
@@ -270,7 +293,7 @@ class ReferenceDecoder:
         eligible = x == self.model.mask_token_id
         confidence = torch.where(eligible, confidence, torch.full_like(confidence, float("-inf")))
         if k is None:
-            k = (confidence >= p.confidence_threshold).sum(-1).clamp(min=1)
+            k = parallel_count(p.remasking, confidence, p.confidence_threshold, p.parallel_factor)
         return select_reveal(confidence, k), tokens, lp, ent
 
     def _stop_rows(self, b: _Batch, lo: int, hi: int) -> None:

@@ -80,7 +80,13 @@ class KVCache:
     ``[B, H_kv, Lq, D]``; it returns the keys and values to attend over (cache first) and, when
     ``store`` is True, appends the current ones. Exact for block-causal models, whose finished blocks
     never attend to later tokens.
+
+    ``leads_by_one``: True for a cache whose callers start each call one token before the first position
+    they need and drop that call's first logit (``actors.decoding.caches.WindowCache``); only such a cache
+    may serve a shifted-logit family, whose first logit of a call would need the previous position.
     """
+
+    leads_by_one: bool = False
 
     def __init__(self) -> None:
         self.keys: list[torch.Tensor] = []
@@ -254,7 +260,7 @@ class DiffusionModel(nn.Module):
             cache: keys/values of finished blocks to attend over; ``store_cache`` appends this call's.
         """
         cache_len = cache.length if cache is not None else 0
-        if cache is not None and self.spec.logits_shift:
+        if cache_len and self.spec.logits_shift and not cache.leads_by_one:  # type: ignore[union-attr]
             raise ValueError(
                 f"{self.spec.arch}: a KV cache is not supported for a shifted-logit (AR-head) family: the first "
                 "token of each call would need the logit of the last cached position"
