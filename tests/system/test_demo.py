@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.demo_seeds import summarize
-from system.demo import run_demo
+from bench.demo_seeds import by_sft_seed, summarize
+from system.demo import rl_config, run_demo, sft_config
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = ["sft.steps=12", "sft.eval_examples=4", "sft.warmup_steps=2", "data.num_train=48", "data.num_test=8"]
@@ -91,6 +91,27 @@ def test_acceptance_summary_by_hand() -> None:
     # nor does a seed that lost ground
     runs[2]["score_after"], runs[1]["score_after"] = 0.62, 0.51
     assert not summarize(runs)["beats_spread"]
+
+
+def test_grid_acceptance_by_hand() -> None:
+    """Two SFT seeds x two RL seeds: gains and RL spreads per SFT seed, the 5x criterion."""
+    runs = [{"seed": 0, "sft_seed": 0, "score_before": 0.30, "score_after": 0.52},
+            {"seed": 1, "sft_seed": 0, "score_before": 0.30, "score_after": 0.50},  # mean gain 0.21, spread 0.02
+            {"seed": 0, "sft_seed": 1, "score_before": 0.40, "score_after": 0.55},
+            {"seed": 1, "sft_seed": 1, "score_before": 0.40, "score_after": 0.50}]  # mean gain 0.125, spread 0.05
+    per = by_sft_seed(runs, spread_factor=5.0)
+    assert per["0"]["mean_gain"] == pytest.approx(0.21) and per["0"]["rl_spread"] == pytest.approx(0.02)
+    assert per["0"]["gain_over_spread"] == pytest.approx(10.5) and per["0"]["gain_beats_spread"]
+    assert per["1"]["gain"] == pytest.approx([0.15, 0.10]) and per["1"]["gain_over_spread"] == pytest.approx(2.5)
+    assert not per["1"]["gain_beats_spread"]
+
+
+def test_rl_stage_takes_the_sft_data_unless_set_explicitly(tmp_path: Path) -> None:
+    sft = sft_config("sudoku", ["data.num_train=64"])
+    cfg = rl_config(sft, "ckpt", tmp_path, [])
+    assert cfg.data.num_train == 64 and cfg.decoding.gen_length == sft.decoding.gen_length
+    cfg = rl_config(sft, "ckpt", tmp_path, ["data.num_train=32", "decoding.steps=8"])
+    assert cfg.data.num_train == 32 and cfg.data.task == "sudoku" and cfg.decoding.steps == 8
 
 
 @pytest.mark.slow
