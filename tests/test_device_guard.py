@@ -122,7 +122,7 @@ def decoded_batch(model: Any) -> Any:
     return batch
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(set(ESTIMATORS) - {"uniform_elbo"}))  # its own: test_estimators_uniform
 def test_every_estimator_keeps_to_the_models_device(name: str) -> None:
     model = tiny_model("block", 4) if name == "staircase_elbo" else tiny_model()
     old = copy.deepcopy(model)

@@ -7,7 +7,9 @@
 - ``agrpo``: per-step likelihoods of recorded trajectories at k sampled steps (uniform or entropy
   importance sampling), old log-probs from generation time;
 - ``staircase_elbo``: block-diffusion models: every block scored at its own noise level in one pass of
-  the staircase layout.
+  the staircase layout;
+- ``uniform_elbo``: uniform-noise block diffusion (DiffusionGemma): the uniform kernel's continuous-time
+  ELBO, every block in one staircase pass (docs/uniform_diffusion.md).
 
 Each takes an explicit ``torch.Generator`` and never touches the global RNG. See `base` for the
 contract (`EstimatorBatch` in, `LikelihoodEstimate` out).
@@ -30,11 +32,13 @@ from learner.estimators.elbo import ElboEstimator
 from learner.estimators.mean_field import MeanFieldEstimator
 from learner.estimators.spg import SpgEstimator
 from learner.estimators.staircase import StaircaseElboEstimator
+from learner.estimators.uniform import UniformElboEstimator
 from system.config import AlgorithmConfig, DecodingConfig
 
 ESTIMATORS: dict[str, type[LikelihoodEstimator]] = {
     cls.name: cls
-    for cls in (MeanFieldEstimator, ElboEstimator, SpgEstimator, AgrpoEstimator, StaircaseElboEstimator)
+    for cls in (MeanFieldEstimator, ElboEstimator, SpgEstimator, AgrpoEstimator, StaircaseElboEstimator,
+                UniformElboEstimator)
 }
 
 
@@ -88,6 +92,7 @@ __all__ = [
     "MeanFieldEstimator",
     "SpgEstimator",
     "StaircaseElboEstimator",
+    "UniformElboEstimator",
     "batch_from_decode",
     "estimator_from_config",
     "get_estimator",
