@@ -161,3 +161,17 @@ def test_config_refuses_cached_agrpo_old_logprobs_under_an_approximate_cache() -
     Config(decoding={"cache": "none"}, algorithm=algo)
     with pytest.raises(ValueError, match="cfg_scale"):
         DecodingConfig(cache="prefix", cfg_scale=1.0)
+
+
+def test_the_bench_reports_every_mode_against_the_reference() -> None:
+    from bench.decode_fast import MODES, main
+
+    out = main(["--lengths", "32", "--batch", "2", "--repeats", "1", "--train-steps", "2", "--threads", "1"])
+    modes = out["modes"]
+    assert set(modes) == set(MODES) and modes["reference"]["speedup"] == 1.0
+    for name, row in modes.items():
+        assert {"tokens_per_s", "speedup", "score_delta", "agreement", "log_ratio_abs_max"} <= set(row)
+        exact = "cache" not in row["decoder"] or row["decoder"].endswith("no_cache")
+        assert (row["log_ratio_abs_max"] < 1e-4) == exact, name
+    # The dual cache runs a block per step instead of the sequence.
+    assert modes["dual"]["forward_tokens_per_token"] < modes["reference"]["forward_tokens_per_token"]
