@@ -4,7 +4,8 @@ path passes before any worker starts, and the restore.
 ``RUN/checkpoints/step-N/`` holds ``learner/`` (model, optimizer, LR schedule, the learner's counters:
 DeepSpeed's checkpoint, written by every rank), ``driver_rng.pt`` (the rollout workers' RNG states and
 the prompt sampler's cursor) and ``driver.json`` (step, policy version, metric history, buffer counters).
-``driver.json`` is written last and atomically, so its presence marks a complete checkpoint. A run also
+``stream.pt`` (``rollout.mode: stream`` only) holds the stream's queued groups and the prompts issued but not
+yet delivered, which a resumed run re-issues first. ``driver.json`` is written last and atomically, so its presence marks a complete checkpoint. A run also
 checkpoints its last step, so a finished run can be continued to a larger ``rollout.steps``.
 ``RUN/final`` is different: the final policy in HF format, for ``sample`` / ``eval`` / ``model.path``.
 """
@@ -26,7 +27,7 @@ from system.workers.base import WorkerGroupError
 if TYPE_CHECKING:  # the driver imports this module
     from system.driver import PromptSampler, Workers
 
-DRIVER_META, DRIVER_RNG, LEARNER_DIR = "driver.json", "driver_rng.pt", "learner"
+DRIVER_META, DRIVER_RNG, LEARNER_DIR, STREAM_STATE = "driver.json", "driver_rng.pt", "learner", "stream.pt"
 META_KEYS = {"step": int, "version": int, "history": list, "buffer": dict}
 
 
@@ -100,12 +101,15 @@ def one_line(message: str) -> str:
 
 
 def save_checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
-                    path: Path) -> Path:
+                    path: Path, stream: dict[str, Any] | None = None) -> Path:
     """Learner (model, optimizer, schedule, counters), rollout RNG states, sampler cursor, version and
-    metric history under ``path``; driver.json last, through a temporary file (see the module docstring)."""
+    metric history under ``path``, and the ``stream`` state when given; driver.json last, through a
+    temporary file (see the module docstring)."""
     path.mkdir(parents=True, exist_ok=True)
     workers.learner.call("save_checkpoint", str(path))
     torch.save({"rollout_rng": workers.rollout.call("rng_state"), "sampler": sampler.state()}, path / DRIVER_RNG)
+    if stream is not None:
+        torch.save(stream, path / STREAM_STATE)
     meta = {"step": state.step, "version": state.version, "history": state.history, "buffer": asdict(buffer.stats)}
     tmp = path / f".{DRIVER_META}.tmp"
     tmp.write_text(json.dumps(meta))
@@ -140,3 +144,14 @@ def restore_checkpoint(workers: Workers, sampler: PromptSampler, buffer: Rollout
     buffer.groups.clear()  # anything queued or seen after the checkpoint is from a discarded future
     buffer.seen.clear()
     return RunState(int(saved["step"]), int(saved["version"]), list(saved["history"]))
+
+
+def load_stream_state(path: Path) -> dict[str, Any] | None:
+    """The stream state of the run checkpoint ``path`` (None: a sync / async checkpoint has none)."""
+    file = path / STREAM_STATE
+    if not file.is_file():
+        return None
+    try:
+        return torch.load(file, weights_only=False)
+    except Exception as e:  # torch.load raises many types for a truncated or foreign file
+        raise CheckpointError(f"{file} is damaged ({type(e).__name__}: {e}){_elsewhere(path)}") from e

@@ -178,8 +178,13 @@ class RolloutConfig(Section):
     max_staleness: int = Field(0, ge=0, description="Admit groups at most this many versions old (0 = on-policy).")
     decode_batch_size: int = Field(32, ge=1, description="Rows (prompt x completion) decoded together.")
     steps: int = Field(100, ge=1, description="RL steps (learner updates of rollout batches) to run.")
-    mode: Literal["sync", "async"] = Field(
-        "sync", description="sync: generate then learn; async: generation of step n+1 overlaps learning on step n.")
+    mode: Literal["sync", "async", "stream"] = Field(
+        "sync", description="sync: generate then learn; async: generation of step n+1 overlaps learning on step n; "
+        "stream: actors generate continuously, each group joins the buffer once scored (system/stream.py).")
+    stream_capacity: int | None = Field(
+        None, ge=1, description="stream: groups in flight, waiting to be scored or buffered at most (back-pressure: "
+        "no new prompt is issued beyond it); None: one batch ahead (2 x prompts_per_step) when max_staleness >= 1, "
+        "else prompts_per_step. At least prompts_per_step.")
     publish_every: int = Field(1, ge=1, description="Publish new weights to the rollout workers every n steps.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every n steps (0: only at the end).")
     eval_every: int = Field(
@@ -197,6 +202,9 @@ class RolloutConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RolloutConfig:
+        if self.stream_capacity is not None and self.stream_capacity < self.prompts_per_step:
+            raise ValueError(f"stream_capacity ({self.stream_capacity}) is below prompts_per_step "
+                             f"({self.prompts_per_step}): no batch could ever fill; raise it or leave it unset")
         if self.eval_every % self.publish_every:
             raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of publish_every "
                              f"({self.publish_every}): an evaluation scores the weights the rollout workers hold")

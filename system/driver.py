@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,16 +34,19 @@ from system.errors import CheckpointError, ConfigError, LearnerFailed, RewardFai
 from system.malloc import tune_malloc
 from system.monitoring.logger import RunLogger
 from system.monitoring.monitor import CollapseMonitor, MonitorEvent, strongest
-from system.monitoring.names import rollout_metrics as monitored_rollout_metrics
 from system.periodic_eval import PeriodicEval
 from system.progress import Progress
 from system.rollout_io import dump_groups, load_groups
+from system.steps import PromptSampler, average, rollout_metrics, samples, score, split
 from system.transports import TransportOptions, WeightTransport, build_transport
 from system.types import Example, RolloutGroup
 from system.workers import WorkerGroup, make_worker_group
 from system.workers.base import WorkerCallError, WorkerGroupError
 
-__all__ = ["LearnerFailed", "RewardFailed", "RunStopped", "train"]
+if TYPE_CHECKING:
+    from system.stream import Stream
+
+__all__ = ["LearnerFailed", "PromptSampler", "RewardFailed", "RunStopped", "average", "split", "train"]
 
 
 @dataclass
@@ -85,60 +87,6 @@ def build_workers(cfg: Config) -> Workers:
     return Workers(rollout=rollout, reward=reward, learner=learner)  # type: ignore[arg-type]
 
 
-class PromptSampler:
-    """Cycles through the training examples in a seeded random order (an epoch at a time)."""
-
-    def __init__(self, examples: list[Example], seed: int) -> None:
-        if not examples:
-            raise ValueError("the training split is empty: check data.train_path / data.num_train")
-        self.examples, self.rng, self.order, self.cursor = examples, random.Random(seed), [], 0
-
-    def next(self, n: int) -> list[Example]:
-        out = []
-        while len(out) < n:
-            if self.cursor >= len(self.order):
-                self.order, self.cursor = list(range(len(self.examples))), 0
-                self.rng.shuffle(self.order)
-            out.append(self.examples[self.order[self.cursor]])
-            self.cursor += 1
-        return out
-
-    def state(self) -> dict[str, Any]:
-        return {"rng": self.rng.getstate(), "order": self.order, "cursor": self.cursor}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        rng = state["rng"]
-        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
-        self.order, self.cursor = list(state["order"]), int(state["cursor"])
-
-
-def split(items: list[Any], n: int) -> list[list[Any]]:
-    """``n`` contiguous, nearly equal chunks (earlier chunks one longer)."""
-    size, extra = divmod(len(items), n)
-    out, lo = [], 0
-    for i in range(n):
-        hi = lo + size + (1 if i < extra else 0)
-        out.append(items[lo:hi])
-        lo = hi
-    return out
-
-
-def score(workers: Workers, groups: list[RolloutGroup]) -> dict[str, float]:
-    """Fill each rollout's reward from the reward workers; returns reward timing and counts."""
-    start = time.monotonic()
-    items = [(g.example, r.completion_text) for g in groups for r in g.rollouts]
-    chunks = split(items, workers.reward.size)
-    results = [res for chunk in workers.reward.map("score", [c for c in chunks if c]) for res in chunk]
-    rollouts = [r for g in groups for r in g.rollouts]
-    for rollout, result in zip(rollouts, results, strict=True):
-        rollout.reward = result.score
-        rollout.reward_components = dict(result.components)
-        rollout.reward_reason = result.reason
-    correct = sum(bool(res.correct) for res in results)
-    return {"timing/reward": time.monotonic() - start, "rollout/accuracy": correct / max(1, len(results)),
-            **monitored_rollout_metrics(groups)}
-
-
 def generate(workers: Workers, examples: list[Example], transport: WeightTransport | None = None,
              version: int = 0) -> list[RolloutGroup]:
     """Groups for ``examples`` from the rollout workers; a worker restarted mid-run catches up to
@@ -165,16 +113,6 @@ def publish(workers: Workers, transport: WeightTransport, version: int) -> dict[
     workers.learner.call("publish_weights", transport, version)
     workers.rollout.call("receive_weights", transport, version)
     return {"timing/broadcast": time.monotonic() - start, "system/policy_version": float(version)}
-
-
-def rollout_metrics(groups: list[RolloutGroup]) -> dict[str, float]:
-    """Statistics of scored groups: reward, length, zero-variance groups."""
-    lengths = [r.decode_stats.get("length", 0.0) for g in groups for r in g.rollouts]
-    rewards = torch.tensor([r.reward for g in groups for r in g.rollouts], dtype=torch.float64)
-    flat = sum(bool((g.rewards == g.rewards[0]).all()) for g in groups)
-    return {"rollout/completion_length": sum(lengths) / max(1, len(lengths)), "rollout/groups": float(len(groups)),
-            "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
-            "rollout/zero_std_group_fraction": flat / max(1, len(groups))}
 
 
 def resume_from(workers: Workers, transport: WeightTransport, sampler: PromptSampler, buffer: RolloutBuffer,
@@ -258,8 +196,8 @@ def learn(cfg: Config, workers: Workers, buffer: RolloutBuffer, state: RunState,
 
 
 def checkpoint(workers: Workers, state: RunState, sampler: PromptSampler, buffer: RolloutBuffer,
-               monitor: CollapseMonitor, run: Path) -> None:
-    save_checkpoint(workers, state, sampler, buffer, step_dir(run, state.step))
+               monitor: CollapseMonitor, run: Path, source: Lockstep | Stream) -> None:
+    save_checkpoint(workers, state, sampler, buffer, step_dir(run, state.step), source.checkpoint_state())
     monitor.checkpoint_saved(state.step)
 
 
@@ -311,6 +249,64 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         workers.shutdown()
 
 
+class Lockstep:
+    """The ``sync`` / ``async`` step source: each step's groups come from all rollout workers together
+    (async: the next step's are generated while the learner trains on these). The stream source
+    (system/stream.py) has the same methods; ``rl_loop`` reads the same with either."""
+
+    def __init__(self, cfg: Config, workers: Workers, transport: WeightTransport, sampler: PromptSampler,
+                 buffer: RolloutBuffer) -> None:
+        self.cfg, self.workers, self.transport, self.sampler, self.buffer = cfg, workers, transport, sampler, buffer
+        self.pending: list[RolloutGroup] | None = None
+        self.future: Any = None
+
+    def learn(self, state: RunState, monitor: CollapseMonitor) -> tuple[dict[str, Any], list[MonitorEvent],
+                                                                         list[RolloutGroup]]:
+        t0 = time.monotonic()
+        groups = self.pending if self.pending is not None else generate(
+            self.workers, self.sampler.next(self.cfg.rollout.prompts_per_step), self.transport, state.version)
+        t_gen = time.monotonic() - t0
+        build_probe(self.cfg, self.workers, state, groups)
+        metrics, self.future, events = learn(self.cfg, self.workers, self.buffer, state, groups, self.sampler,
+                                             monitor)
+        return {**metrics, "timing/generation": t_gen}, events, groups
+
+    def publish(self, version: int) -> dict[str, float]:
+        return publish(self.workers, self.transport, version)
+
+    def advance(self) -> None:
+        """After the step's publish: the next step's groups (async) are those generated meanwhile."""
+        self.pending = None if self.future is None else [g for part in self.future.result() for g in part]
+
+    def rolled_back(self, path: Path, version: int) -> None:
+        self.pending, self.future = None, None
+
+    def before_eval(self, version: int) -> None:
+        """The rollout workers already hold the published weights (``publish`` swaps them in)."""
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        return None
+
+
+def build_probe(cfg: Config, workers: Workers, state: RunState, groups: list[RolloutGroup]) -> None:
+    """At step 1, fix the KL-drift probe set from the first groups (the policy before any update)."""
+    if state.step == 1 and cfg.logging.kl_probe_size:
+        rollouts = [r for g in groups for r in g.rollouts][: cfg.logging.kl_probe_size]
+        workers.learner.call("build_probe", [(r.prompt_ids, r.completion_ids) for r in rollouts])
+
+
+def build_source(cfg: Config, workers: Workers, transport: WeightTransport, sampler: PromptSampler,
+                 buffer: RolloutBuffer, resume: Path | None, version: int) -> Lockstep | Stream:
+    if cfg.rollout.mode != "stream":
+        return Lockstep(cfg, workers, transport, sampler, buffer)
+    from system.stream import Stream  # it imports this module
+
+    source = Stream(cfg, workers, transport, sampler, buffer, published=version)
+    if resume is not None:
+        source.restore(resume)
+    return source
+
+
 def rl_loop(cfg: Config, run: Path, workers: Workers, resume: Path | None,
             saved: dict[str, Any] | None) -> dict[str, Any]:
     sampler = PromptSampler(load_task_data(cfg.data)[0], cfg.seed)
@@ -320,24 +316,18 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, resume: Path | None,
     every, log = cfg.rollout.checkpoint_every, None
     try:
         state = resume_from(workers, transport, sampler, buffer, resume, saved) if resume else RunState()
+        source = build_source(cfg, workers, transport, sampler, buffer, resume, state.version)
         log = open_run(cfg, run)
         if every and not resume:
-            checkpoint(workers, state, sampler, buffer, monitor, run)  # the initial policy: a rollback target
+            checkpoint(workers, state, sampler, buffer, monitor, run, source)  # the initial policy: a rollback target
         evals = PeriodicEval(cfg, workers)
         if evals.due(0) and not resume:  # the starting policy, logged as step 0
             log.log(0, {"step": 0, **evals()})
         bar = Progress(cfg.rollout.steps - state.step, "rl", cfg.logging.progress)
-        pending = None
         while state.step < cfg.rollout.steps:
             state.step += 1
             t0 = time.monotonic()
-            groups = pending if pending is not None else generate(
-                workers, sampler.next(cfg.rollout.prompts_per_step), transport, state.version)
-            t_gen = time.monotonic() - t0
-            if state.step == 1 and cfg.logging.kl_probe_size:  # the reference: the policy before any update
-                rollouts = [r for g in groups for r in g.rollouts][: cfg.logging.kl_probe_size]
-                workers.learner.call("build_probe", [(r.prompt_ids, r.completion_ids) for r in rollouts])
-            metrics, future, events = learn(cfg, workers, buffer, state, groups, sampler, monitor)
+            metrics, events, groups = source.learn(state, monitor)
             if state.step % cfg.logging.kl_probe_every == 0 and cfg.logging.kl_probe_size and not events:
                 metrics.update(workers.learner.call_one(0, "kl_drift"))
             for event in events:
@@ -347,16 +337,17 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, resume: Path | None,
                 raise RunStopped(f"step {state.step}: {action.message}; last checkpoint: "
                                  f"{monitor.rollback_target() if every else 'none (rollout.checkpoint_every=0)'}")
             if action is not None and action.action == "rollback":  # never publish what fired
-                state, pending = roll_back(workers, transport, sampler, buffer, monitor, run, action,
-                                           state.version), None
+                state = roll_back(workers, transport, sampler, buffer, monitor, run, action, state.version)
+                source.rolled_back(step_dir(run, state.step), state.version)
                 continue
             state.version += 1
             if state.version % cfg.rollout.publish_every == 0 or state.step == cfg.rollout.steps:
-                metrics.update(publish(workers, transport, state.version))
-            pending = None if future is None else [g for part in future.result() for g in part]
+                metrics.update(source.publish(state.version))
+            source.advance()
             if evals.due(state.step):
+                source.before_eval(state.version)
                 metrics.update(evals())  # after publish: the rollout workers hold the new weights
-            metrics.update({"timing/generation": t_gen, "timing/step_total": time.monotonic() - t0,
+            metrics.update({"timing/step_total": time.monotonic() - t0,
                             "system/rollout_restarts": float(workers.rollout.restarts()),
                             "system/reward_restarts": float(workers.reward.restarts())})
             hist = workers.learner.call_one(0, "histograms") if state.step % cfg.logging.histogram_every == 0 else None
@@ -364,7 +355,7 @@ def rl_loop(cfg: Config, run: Path, workers: Workers, resume: Path | None,
             state.history.append(metrics)
             bar.update(reward=metrics["rollout/reward_mean"])
             if (every and state.step % every == 0) or state.step == cfg.rollout.steps:  # the last: to continue
-                checkpoint(workers, state, sampler, buffer, monitor, run)
+                checkpoint(workers, state, sampler, buffer, monitor, run, source)
         bar.close()
         workers.learner.call_one(0, "save_policy", str(run / "final"))
     finally:
@@ -384,24 +375,3 @@ def write_summary(run: Path, state: RunState) -> dict[str, Any]:
     return summary
 
 
-def samples(groups: list[RolloutGroup]) -> list[dict[str, Any]]:
-    """One row per completion for the sample table (logged sparsely, ``logging.table_every``)."""
-    return [{"group": g.group_id, "prompt": g.example.prompt, "completion": r.completion_text,
-             "reward": r.reward, "reason": r.reward_reason} for g in groups for r in g.rollouts]
-
-
-# Learner metrics that are not means: extremes take the largest rank's value, counts add up.
-RANK_MAX = ("loss/ratio_max", "loss/ratio_p99", "loss/weight_max", "loss/grad_weight_max", "grad/pre_clip_norm",
-            "timing/learner")
-RANK_SUM = ("grad/spikes",)
-
-
-def average(results: list[dict[str, float]]) -> dict[str, float]:
-    """One metrics dict from the learner ranks' dicts: the mean over ranks, except the maxima of
-    ``RANK_MAX`` (a ratio blow-up on one rank stays visible) and the sums of ``RANK_SUM``."""
-    keys = set().union(*results)
-    out = {}
-    for k in keys:
-        values = [r[k] for r in results if k in r]
-        out[k] = max(values) if k in RANK_MAX else sum(values) if k in RANK_SUM else sum(values) / len(results)
-    return out

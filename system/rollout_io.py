@@ -15,7 +15,8 @@ from system.errors import DataError
 from system.types import Example, Rollout, RolloutGroup
 
 _TENSORS = {"prompt_ids": torch.long, "completion_ids": torch.long, "unmask_step": torch.long,
-            "logprobs": torch.float32, "entropies": torch.float32, "completion_mask": torch.bool}
+            "logprobs": torch.float32, "entropies": torch.float32, "completion_mask": torch.bool,
+            "token_version": torch.long}
 
 
 def _rollout_row(r: Rollout) -> dict[str, Any]:

@@ -61,6 +61,15 @@ class Rollout:
     # The decoding mode that produced it (actors.decoding.modes, e.g. "threshold/dual_cache"); an
     # approximate cache's log-probs are not the policy's (decode_stats["approximate_cache"] = 1).
     decoder: str = ""
+    # [L] long: the policy version live when each token was revealed; None when one version revealed all
+    # of them (``policy_version``). A stream actor that swaps weights mid-decode records it (system/stream.py).
+    token_version: torch.Tensor | None = None
+
+    def versions(self) -> set[int]:
+        """The policy versions that revealed this completion's tokens."""
+        if self.token_version is None:
+            return {self.policy_version}
+        return {int(v) for v in self.token_version.unique().tolist()}
 
 
 @dataclass
@@ -71,6 +80,10 @@ class RolloutGroup:
     example: Example
     rollouts: list[Rollout]
     policy_version: int = 0
+
+    def versions(self) -> set[int]:
+        """Every policy version that revealed a token of the group (one, unless weights changed mid-group)."""
+        return set().union(*(r.versions() for r in self.rollouts)) or {self.policy_version}
 
     @property
     def rewards(self) -> torch.Tensor:

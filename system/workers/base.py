@@ -7,6 +7,7 @@ rank) and calls their methods by name, so the driver reads like local code::
     groups = rollouts.map("generate", batches)          # scattered round-robin, results in item order
     rollouts.call("set_weights", state, version)        # the same call on every worker
     future = rollouts.submit("generate", batch)         # one item on any worker; wait(futures) streams
+    future = rollouts.submit_to(1, "generate", batch)   # the same, starting on worker 1
     later = rollouts.map_async("generate", batches)     # map without waiting: later.result()
 
 Calls pinned to a worker (``call``, ``call_one``, ``call_async``) are re-issued only on that worker
@@ -236,6 +237,11 @@ class WorkerGroup(ABC):
     def _start(self, index: int, method: str, args: tuple, kwargs: dict, item: int | None,
                pinned: bool) -> WorkerFuture:
         """Start a call on worker ``index``; ``item`` is named by errors, ``pinned`` forbids moving it."""
+
+    def submit_to(self, index: int, method: str, *args: Any, **kwargs: Any) -> WorkerFuture:
+        """``submit`` starting on worker ``index`` (a stream keeps each worker's own queue of calls); like
+        ``submit``, it moves to a live worker if Ray gives up on that one."""
+        return self._start(index, method, args, kwargs, None, False)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """The same call on every worker (started together); results in worker order."""
