@@ -14,6 +14,10 @@ deep copy as the old one) and reports, over all sequences and draws:
 Estimator options are the `AlgorithmConfig` defaults (K = 2, SPG block 32, AGRPO k = 24, ...).
 The tiny model is untrained unless ``--model-path`` names a checkpoint (e.g. after `stabledrl sft`).
 
+The ``uniform_*`` labels measure the uniform-noise estimator (`learner.estimators.uniform`) the same way
+on a tiny random DiffusionGemma (vocabulary 256, hidden 64, canvas 32), whose completions come from its
+own decoder (actors/decoding/uniform_block.py, 8 steps): its noise floor sits next to the masked ones.
+
     python bench/estimators.py [--batch 16] [--gen-length 64] [--repeats 10] [--threads 2]
 
 Progress goes to stderr; the last stdout line is one JSON object.
@@ -32,10 +36,12 @@ import time
 import torch
 
 from actors.decoding.reference import ReferenceDecoder
-from learner.estimators import batch_from_decode, estimator_from_config
+from actors.decoding.uniform_block import UniformDecodeConfig, uniform_generate
+from learner.estimators import batch_from_decode, estimator_from_config, get_estimator
 from system.config import AlgorithmConfig, DecodingConfig, ModelConfig
 from system.models import load_model
 from system.models.build import new_tiny_model
+from system.models.diffusion_gemma import build_tiny
 
 SETTINGS = {  # label -> AlgorithmConfig fields
     "mean_field/shared": {"estimator": "mean_field", "coupling": "shared"},
@@ -50,6 +56,14 @@ SETTINGS = {  # label -> AlgorithmConfig fields
     "spg/shared": {"estimator": "spg", "coupling": "shared"},
     "agrpo_uniform/cached": {"estimator": "agrpo", "agrpo_sampling": "uniform"},
     "agrpo_entropy/cached": {"estimator": "agrpo", "agrpo_sampling": "entropy"},
+}
+UNIFORM_SETTINGS = {  # label -> uniform_elbo options (tiny DiffusionGemma); K = 2 as the masked ones
+    "uniform_elbo/independent": {"coupling": "independent"},
+    "uniform_elbo/shared": {"coupling": "shared"},
+    "uniform_elbo_log_stratified/independent": {"coupling": "independent", "t_sampling": "log_stratified"},
+    "uniform_elbo_t_uniform/independent": {"coupling": "independent", "t_sampling": "uniform"},
+    "uniform_elbo_two_pass/independent": {"coupling": "independent", "self_conditioning": "two_pass"},
+    "uniform_flat_ce/independent": {"coupling": "independent", "weighting": "flat_ce"},
 }
 
 
@@ -79,6 +93,27 @@ def measure(model, old_model, batch, estimator, repeats: int, seed: int) -> dict
     }
 
 
+def uniform_results(labels: list[str], args: argparse.Namespace) -> dict:
+    """The ``uniform_*`` labels on a tiny random DiffusionGemma and completions from its own decoder."""
+    if not labels:
+        return {}
+    model = build_tiny(0, vocab_size=256, hidden_size=64, canvas_length=32, sliding_window=64)
+    prompts = torch.tensor([[20 + (i * 3 + j) % 80 for j in range(12)] for i in range(args.batch)])
+    length = -(-args.gen_length // 32) * 32
+    print(f"decoding {args.batch} x {length} tokens (tiny DiffusionGemma)", file=sys.stderr)
+    with torch.no_grad():
+        out = uniform_generate(model, prompts, torch.ones_like(prompts), length,
+                               UniformDecodeConfig(max_denoising_steps=8), torch.Generator().manual_seed(0))
+    batch, old_model, results = batch_from_decode(out), copy.deepcopy(model), {}
+    for i, label in enumerate(labels):
+        estimator = get_estimator("uniform_elbo", num_samples=2, **UNIFORM_SETTINGS[label])
+        estimator.estimate_pair(model, old_model, batch, torch.Generator().manual_seed(0))  # warm-up
+        results[label] = measure(model, old_model, batch, estimator, args.repeats, seed=2000 + i)
+        results[label]["model"] = f"tiny diffusion_gemma ({model.num_parameters()} parameters)"
+        print(f"{label}: {results[label]}", file=sys.stderr)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -101,9 +136,9 @@ def main() -> None:
     out = ReferenceDecoder(model, decoding).generate(prompts, torch.Generator().manual_seed(0))
     batch = batch_from_decode(out)
     old_model = copy.deepcopy(model)
-    labels = args.only.split(",") if args.only else list(SETTINGS)
-    results = {}
-    for i, label in enumerate(labels):
+    labels = args.only.split(",") if args.only else [*SETTINGS, *UNIFORM_SETTINGS]
+    results = uniform_results([x for x in labels if x in UNIFORM_SETTINGS], args)
+    for i, label in enumerate(x for x in labels if x not in UNIFORM_SETTINGS):
         estimator = estimator_from_config(AlgorithmConfig(**SETTINGS[label]), decoding)
         estimator.estimate_pair(model, old_model, batch, torch.Generator().manual_seed(0))  # warm-up
         results[label] = measure(model, old_model, batch, estimator, args.repeats, seed=1000 + i)

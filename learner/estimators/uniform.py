@@ -14,13 +14,14 @@ with ``K_i`` the generalised KL between the true and the model reverse rates out
 in :func:`uniform_kl_terms` (O(V) per position, like a log-softmax). The bound is tight when p is the
 exact posterior (tests/learner/test_estimators_uniform.py checks it to 1e-9 on an enumerable toy).
 
-Monte Carlo: each (sample, row, block) draws its own t ~ U[T_LO, T_HI] (stratified over the K samples
-on request), corrupts the block, and one pass over ``[prompt | clean completion]`` (encoder, into a
+Monte Carlo: each (sample, row, block) draws its own t in [T_LO, T_HI], log-uniformly by default (an
+importance sampler; stratified over the K samples on request), corrupts the block, and one pass over ``[prompt | clean completion]`` (encoder, into a
 cache that keeps every token) plus all noisy blocks at once (decoder, with the staircase mask:
 block b sees the prompt, the clean blocks < b, the sliding layers only the last W-1 of them, and its
-own noisy block) scores every block. Per token, ``-(T_HI - T_LO) beta_t / V * K_i``; summed over the
-scored tokens of a row it is an unbiased estimate of the truncated ELBO (the range [T_LO, T_HI] drops
-an O(T_LO log(1/T_LO)) sliver).
+own noisy block) scores every block. Per token, ``-w(t) beta_t / V * K_i`` with w the importance weight
+1/density(t); summed over the scored tokens of a row it is an unbiased estimate of the ELBO truncated
+to [T_LO, T_HI]. The truncation is part of the definition: DiffusionGemma's denoiser does not see t,
+so p(x_i = z_i | z) < 1 as t -> 0 and the untruncated integral diverges like (1 - p) ln(1 / T_LO).
 
 Options: ``weighting: flat_ce`` is the published SFT objective's per-token term log p(x_i | z) (no
 weight: not a bound, a surrogate); ``self_conditioning: off`` scores p(x | z) with a zero
@@ -45,6 +46,19 @@ from system.models.diffusion_gemma import DiffusionGemmaAdapter
 T_LO, T_HI = 1e-4, 1.0 - 1e-6
 WEIGHTINGS = ("elbo", "flat_ce")
 SELF_CONDITIONING = ("off", "two_pass")
+T_SAMPLINGS = ("log_uniform", "log_stratified", "uniform", "stratified")
+
+
+def noise_levels(u: Tensor, t_sampling: str) -> tuple[Tensor, Tensor]:
+    """``u`` in [0, 1) -> noise levels t in [T_LO, T_HI] and the importance weights 1 / density(t), so that
+    ``E[weight * f(t)] = int_{T_LO}^{T_HI} f(t) dt``. ``log_*`` draws log t uniformly (density
+    1 / (t ln(T_HI / T_LO))): it cancels the 1/t growth of the integrand near t = 0
+    (docs/uniform_diffusion.md section 3); ``uniform`` draws t itself."""
+    if t_sampling.startswith("log"):
+        span = torch.log(torch.tensor(T_HI / T_LO, dtype=torch.float64, device=u.device))
+        t = T_LO * torch.exp(u * span)
+        return t, t * span
+    return T_LO + (T_HI - T_LO) * u, torch.full_like(u, T_HI - T_LO)
 
 
 def uniform_kl_terms(logp: Tensor, noisy: Tensor, clean: Tensor, t: Tensor) -> Tensor:
@@ -130,6 +144,7 @@ class UniformDraw:
 
     noisy: Tensor  # [N, L] every block corrupted at its own level
     t: Tensor  # [N, L] float64 noise level of each token's block
+    weight: Tensor  # [N, L] float64 importance weight 1 / density(t) of that level
     num_samples: int
 
 
@@ -139,13 +154,13 @@ class UniformElboEstimator(LikelihoodEstimator):
     name = "uniform_elbo"
 
     def __init__(self, num_samples: int = 1, weighting: str = "elbo", self_conditioning: str = "off",
-                 t_sampling: str = "uniform", coupling: str = "auto", chunk_rows: int | None = None) -> None:
+                 t_sampling: str = "log_uniform", coupling: str = "auto", chunk_rows: int | None = None) -> None:
         super().__init__(coupling, chunk_rows)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         for field, value, allowed in (("weighting", weighting, WEIGHTINGS),
                                       ("self_conditioning", self_conditioning, SELF_CONDITIONING),
-                                      ("t_sampling", t_sampling, ("uniform", "stratified"))):
+                                      ("t_sampling", t_sampling, T_SAMPLINGS)):
             if value not in allowed:
                 raise ValueError(f"uniform_elbo: {field} {value!r} is not one of {', '.join(allowed)}")
         self.num_samples, self.weighting = num_samples, weighting
@@ -166,13 +181,14 @@ class UniformElboEstimator(LikelihoodEstimator):
         s, (bsz, length) = self.num_samples, batch.completion_ids.shape
         device = batch.completion_ids.device
         u = uniform((s, bsz, length // spec.block_size), generator, device)
-        if self.t_sampling == "stratified":
+        if self.t_sampling.endswith("stratified"):
             u = (torch.arange(s, device=device, dtype=torch.float64)[:, None, None] + u) / s
-        t = (T_LO + (T_HI - T_LO) * u).repeat_interleave(spec.block_size, dim=-1).reshape(s * bsz, length)
+        t, weight = (v.repeat_interleave(spec.block_size, dim=-1).reshape(s * bsz, length)
+                     for v in noise_levels(u, self.t_sampling))
         corrupt = uniform((s * bsz, length), generator, device) < t
         random = (uniform((s * bsz, length), generator, device) * spec.vocab_size).long()
         noisy = torch.where(corrupt, random.clamp_max(spec.vocab_size - 1), batch.completion_ids.repeat(s, 1))
-        return UniformDraw(noisy=noisy, t=t, num_samples=s)
+        return UniformDraw(noisy=noisy, t=t, weight=weight, num_samples=s)
 
     def sample_terms(self, model: DiffusionGemmaAdapter, batch: EstimatorBatch, draw: UniformDraw) -> Tensor:
         """Per-row per-token terms ``[N, L]`` (0 where not scored): the ELBO integrand estimate or log p."""
@@ -184,6 +200,7 @@ class UniformElboEstimator(LikelihoodEstimator):
             idx = torch.arange(lo, min(rows, lo + step), device=device) % batch.completion_ids.shape[0]
             clean = batch.completion_ids.to(device)[idx]
             noisy, t = draw.noisy[lo:lo + step].to(device), draw.t[lo:lo + step].to(device)
+            weight = draw.weight[lo:lo + step].to(device)
             logits = staircase_logits(model, batch.prompt_ids.to(device)[idx], batch.prompt_mask.to(device)[idx],
                                       clean, noisy, self.self_conditioning)
             if not bool(torch.isfinite(logits).all()):
@@ -194,7 +211,7 @@ class UniformElboEstimator(LikelihoodEstimator):
                 term = logp.gather(-1, clean[..., None]).squeeze(-1)
             else:
                 kl = uniform_kl_terms(logp, noisy, clean, t)
-                term = -((T_HI - T_LO) * elbo_rate(t, logp.shape[-1])).to(kl.dtype) * kl
+                term = -(weight * elbo_rate(t, logp.shape[-1])).to(kl.dtype) * kl
             out.append(term * batch.completion_mask.to(device)[idx])
         assert s * batch.completion_ids.shape[0] == rows
         return torch.cat(out, dim=0)

@@ -141,7 +141,8 @@ def test_estimator_equals_enumeration_at_fixed_noise(enumerable: tuple[Diffusion
     x = batch.completion_ids[0]
     for t in (0.05, 0.5, 0.9):
         t_rows = torch.full((n, 2), t, dtype=torch.float64)
-        terms = est.sample_terms(model, one, UniformDraw(noisy=z_all, t=t_rows, num_samples=1))
+        terms = est.sample_terms(model, one, UniformDraw(noisy=z_all, t=t_rows, weight=torch.full_like(t_rows, T_HI - T_LO),
+                                                              num_samples=1))
         q = torch.tensor([q_token(int(z[0]), int(x[0]), t, 8) * q_token(int(z[1]), int(x[1]), t, 8) for z in z_all])
         kl = uniform_kl_terms(logp.double(), z_all, x.expand(n, 2), t_rows).sum(-1)
         want = -(T_HI - T_LO) * elbo_rate(torch.tensor(t), 8) * (q * kl).sum()
@@ -150,7 +151,8 @@ def test_estimator_equals_enumeration_at_fixed_noise(enumerable: tuple[Diffusion
 
 @torch.no_grad()
 def test_estimator_mean_is_the_enumerated_elbo(enumerable: tuple[DiffusionGemmaAdapter, EstimatorBatch]) -> None:
-    """3,000 draws (t and z) average to the ELBO integrated by quadrature over t and enumeration over z."""
+    """3,000 draws (t and z) average to the ELBO integrated by quadrature over t and enumeration over z,
+    with t drawn log-uniformly (the default importance sampler) or uniformly."""
     model, batch = enumerable
     z_all = all_canvases(8, 2)
     n = z_all.shape[0]
@@ -162,11 +164,12 @@ def test_estimator_mean_is_the_enumerated_elbo(enumerable: tuple[DiffusionGemmaA
         q = torch.tensor([q_token(int(z[0]), int(x[0]), t, 8) * q_token(int(z[1]), int(x[1]), t, 8) for z in z_all])
         kl = uniform_kl_terms(logp, z_all, x.expand(n, 2), torch.full((n, 2), t, dtype=torch.float64)).sum(-1)
         exact -= w * elbo_rate(torch.tensor(t), 8).item() * (q * kl).sum().item()
-    est = get_estimator("uniform_elbo", num_samples=3000)
-    samples = est.estimate(model, batch, torch.Generator().manual_seed(0)).extras["sample_seq_logp"][:, 0].double()
-    stderr = samples.std().item() / math.sqrt(samples.numel())
-    assert abs(samples.mean().item() - exact) < 4 * stderr, (samples.mean().item(), exact, stderr)
     assert exact < 0
+    for t_sampling in ("log_uniform", "uniform"):
+        est = get_estimator("uniform_elbo", num_samples=3000, t_sampling=t_sampling)
+        samples = est.estimate(model, batch, torch.Generator().manual_seed(0)).extras["sample_seq_logp"][:, 0]
+        stderr = samples.double().std().item() / math.sqrt(samples.numel())
+        assert abs(samples.double().mean().item() - exact) < 4 * stderr, (t_sampling, samples.mean(), exact, stderr)
 
 
 def test_shared_coupling_ratio_is_one_and_gradients_flow(
