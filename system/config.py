@@ -288,8 +288,9 @@ class LearnerConfig(Section):
 
 class AlgorithmConfig(Section):
     name: Literal["stabledrl", "grpo", "agrpo", "diffu_grpo"] = Field("stabledrl")
-    estimator: Literal["elbo", "mean_field", "spg", "agrpo", "staircase_elbo"] = Field(
-        "elbo", description="Likelihood / ratio estimator; staircase_elbo needs a block-attention model."
+    estimator: Literal["elbo", "mean_field", "spg", "agrpo", "staircase_elbo", "uniform_elbo"] = Field(
+        "elbo", description="Likelihood / ratio estimator; staircase_elbo needs a block-attention model, "
+        "uniform_elbo a uniform-noise one (diffusion_gemma)."
     )
     num_mc_samples: int = Field(2, ge=1, description="Monte Carlo samples K of the likelihood estimate.")
     clip_low: float | None = Field(None, description="Lower clip bound on the ratio, > 0 (None = none).")

@@ -68,6 +68,10 @@ class FastDecoder(ReferenceDecoder):
 def build_decoder(model: DiffusionModel, params: DecodingConfig) -> ReferenceDecoder:
     """The decoder ``decoding`` asks for on this model: `FastDecoder` for an approximate cache on a
     full-attention model, else the reference (which handles the parallel rules and the block cache)."""
+    if model.spec.extra.get("noise") == "uniform":  # DiffusionGemma: no mask token, its own sampler
+        from actors.decoding.uniform_block import UniformBlockDecoder
+
+        return UniformBlockDecoder(model, params)  # type: ignore[arg-type, return-value]
     if params.cache != "none" and model.attention == "full":
         return FastDecoder(model, params)
     return ReferenceDecoder(model, params)

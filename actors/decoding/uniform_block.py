@@ -41,6 +41,8 @@ import torch
 from torch import Tensor
 
 from actors.decoding.reference import DecodeOutput, check_generator
+from system.config import DecodingConfig
+from system.diffusion import left_pad
 from system.models.diffusion_gemma import DiffusionGemmaAdapter
 
 
@@ -231,3 +233,25 @@ def uniform_generate(model: DiffusionGemmaAdapter, prompt_ids: Tensor, prompt_ma
     return UniformDecodeOutput(prompt_ids=prompt_ids, prompt_mask=prompt_mask.long(), completion_ids=completion,
                                unmask_step=unmask, logprobs=logprobs, entropies=entropies, filled=filled,
                                steps_taken=steps_taken, forward_passes=passes, trajectory=traj)
+
+
+class UniformBlockDecoder:
+    """The rollout worker's decoder for a uniform-noise model: ``generate(prompts, generator)`` as the
+    reference decoder's. ``decoding.steps`` is the number of denoising steps per canvas; the other
+    diffusion fields are the released generation config's. Prompts are left-padded to a multiple of the
+    canvas length, as the learner pads them, so both see the same positions (positions count pads)."""
+
+    mode = "uniform_block"
+
+    def __init__(self, model: DiffusionGemmaAdapter, params: DecodingConfig) -> None:
+        self.model, self.params = model, params
+        self.cfg = UniformDecodeConfig(max_denoising_steps=params.steps)
+
+    def generate(self, prompts: list[list[int]] | list[Tensor], generator: torch.Generator | None = None
+                 ) -> UniformDecodeOutput:
+        if generator is None:
+            generator = torch.Generator(device=self.model.device)
+        ids, mask = left_pad(prompts, self.model.spec.pad_token_id, multiple_of=self.model.canvas_length)
+        out = uniform_generate(self.model, ids, mask, self.params.gen_length, self.cfg, generator)
+        out.decoder = self.mode
+        return out

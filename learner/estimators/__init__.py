@@ -71,6 +71,8 @@ def estimator_from_config(algorithm: AlgorithmConfig, decoding: DecodingConfig) 
     if name == "staircase_elbo":
         return get_estimator(name, num_samples=algorithm.num_mc_samples, weighting=algorithm.elbo_weighting,
                              t_sampling=algorithm.t_sampling, layout=algorithm.staircase_layout, **common)
+    if name == "uniform_elbo":
+        return get_estimator(name, num_samples=algorithm.num_mc_samples, **common)
     if decoding.cfg_scale > 0:
         raise ValueError(
             f"estimator 'agrpo' cannot score guided generation (decoding.cfg_scale = {decoding.cfg_scale}); "

@@ -191,5 +191,27 @@ def build_tiny(seed: int = 0, **sizes: int) -> DiffusionGemmaAdapter:
     return DiffusionGemmaAdapter(net.eval(), _spec(config.to_dict(), None))
 
 
+def save_tiny(path: str | Path, seed: int = 0, canvas_length: int = 8) -> Path:
+    """Save a tiny random DiffusionGemma over the built-in tokenizer's vocabulary (with that tokenizer) to
+    ``path``: a checkpoint directory ``model.path`` can name (configs/diffusion_gemma_smoke.yaml). Its
+    image-token ids (the last three of the vocabulary) are never used: text only."""
+    from system.models.tokenizer import build_tokenizer, special_ids
+
+    tokenizer = build_tokenizer()
+    ids = special_ids(tokenizer)
+    model = build_tiny(seed, vocab_size=ids["vocab_size"], canvas_length=canvas_length,
+                       eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    path = Path(path)
+    model.net.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
 FAMILY = Family(name="diffusion_gemma", architectures=(ARCHITECTURE,), build_net=_build, spec=_spec,
                 load_net=_load, adapter=DiffusionGemmaAdapter)
+
+
+if __name__ == "__main__":  # python -m system.models.diffusion_gemma DIR: the smoke config's checkpoint
+    import sys
+
+    print(save_tiny(sys.argv[1] if len(sys.argv) > 1 else "runs/tiny_diffusion_gemma"))
