@@ -9,7 +9,8 @@ reward workers and enters the ``RolloutBuffer``; the learner trains on a batch w
 harvesting groups and issuing prompts (``Stream.train``). Back-pressure: no prompt is issued while the
 groups in flight plus those buffered reach ``rollout.stream_capacity``, so memory and staleness stay
 bounded and an actor that outruns the learner idles (its idle time is measured) instead of piling up
-groups that admission would drop. In local mode the same code runs in one process: calls finish when
+groups that admission would drop; and no prompt is issued whose group would be too stale by the time the
+learner reaches it (``Stream.fresh_enough``, AReaL's admission gate). In local mode the same code runs in one process: calls finish when
 submitted, so the stream is deterministic (the resume test relies on it); with Ray they overlap.
 
 Weights without stopping the world. A publish goes to the weight transport only; no barrier on the
@@ -97,12 +98,20 @@ class Stream:
         self.learner = Occupancy(0.0)
         self.latencies: list[float] = []
         self.scored = {"items": 0.0, "correct": 0.0, "seconds": 0.0}
-        self.step, self.monitor, self.version = 0, None, published
+        self.step, self.monitor, self.version, self.training = 0, None, published, False
 
     # ------------------------------------------------------------------ the pump
 
     def room(self) -> int:
         return self.capacity - len(self.inflight) - len(self.buffer)
+
+    def fresh_enough(self) -> bool:
+        """Would a group issued now still be admissible when the learner reaches it (AReaL's gate)? Taken
+        in order, it trains after the groups ahead of it, at the learner's version by then; it is
+        generated with at least the published version (the actor swaps that in first)."""
+        ahead = len(self.inflight) + len(self.buffer)
+        reached = self.version + int(self.training) + ahead // self.cfg.rollout.prompts_per_step
+        return reached - self.published <= self.cfg.rollout.max_staleness
 
     def free_worker(self) -> int | None:
         """The actor with the fewest calls outstanding, if it holds fewer than ``DEPTH``."""
@@ -115,7 +124,7 @@ class Stream:
 
     def fill(self) -> None:
         """Issue prompts to free actors until the stream is at capacity (back-pressure)."""
-        while self.room() > 0 and (worker := self.free_worker()) is not None:
+        while self.room() > 0 and self.fresh_enough() and (worker := self.free_worker()) is not None:
             now = time.monotonic()
             ticket = self.prompts.issue(now)
             self.actors[worker].start(now)
@@ -182,6 +191,7 @@ class Stream:
     def train(self, batch: list[RolloutGroup]) -> dict[str, float]:
         """The learner's ``train_on`` of the batch, while the stream keeps generating and scoring."""
         self.learner.start(time.monotonic())
+        self.training = True
         future = self.workers.learner.map_async("train_on", split(batch, self.workers.learner.size))
         try:
             while not future.done():
@@ -189,7 +199,10 @@ class Stream:
                 self.wait(future)
         finally:
             self.learner.end(time.monotonic())
-        return average(future.result())
+            self.training = False
+        metrics = average(future.result())
+        self.version += 1  # as the driver's state, once the update is in (a failure leaves it)
+        return metrics
 
     # ------------------------------------------------------------------ the step source
 
