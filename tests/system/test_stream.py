@@ -147,3 +147,20 @@ def test_a_resumed_stream_continues_exactly(tmp_path: Path) -> None:
                     or key in ("time", "type", "rollout/tokens_per_s"):
                 continue
             assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_no_prompt_is_issued_whose_group_would_be_too_stale() -> None:
+    """prompts_per_step 2, max_staleness 1, the learner's version published: two batches may wait; while the
+    learner trains (its version about to move on), only the next one may fill."""
+    cfg = load_config(None, STREAM)
+    stream = Stream(cfg, SimpleNamespace(rollout=SimpleNamespace(size=1)), None,  # type: ignore[arg-type]
+                    PromptSampler(examples(4), 0), RolloutBuffer(1), published=3)
+    stream.version = 3
+    stream.buffer.groups.extend([group("a", 3), group("b", 3), group("c", 3)])
+    assert stream.fresh_enough()  # the 4th group trains in the 2nd batch, at version 4: one behind
+    stream.training = True
+    assert not stream.fresh_enough()  # the batch in training moves the learner to 4; the 4th group trains at 5
+    stream.buffer.groups.pop()
+    assert not stream.fresh_enough()  # still the 2nd batch after the one in training
+    stream.buffer.groups.pop()
+    assert stream.fresh_enough()  # the next batch, at version 4
