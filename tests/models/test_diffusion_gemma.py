@@ -176,8 +176,9 @@ def smoke_run(tmp_path: Path, overrides: list[str]) -> None:
     assert isinstance(load_model(result["checkpoint"]), DiffusionGemmaAdapter)
 
 
-def test_stabledrl_runs_in_local_mode(tmp_path: Path) -> None:
-    smoke_run(tmp_path, [])
+@pytest.mark.parametrize("algorithm", ["stabledrl", "grpo"])
+def test_rl_runs_in_local_mode(tmp_path: Path, algorithm: str) -> None:
+    smoke_run(tmp_path, [f"algorithm.name={algorithm}"])
 
 
 @pytest.mark.slow
