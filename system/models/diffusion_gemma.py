@@ -150,6 +150,11 @@ class DiffusionGemmaAdapter(DiffusionModel):
             context_mask: ``[B, cache + P]`` bool padding mask over all cached and new tokens.
             position_ids: ``[1 | B, P]`` positions of the new tokens.
         """
+        return self.encode_hidden(context_ids, context_mask, cache, position_ids)[0]
+
+    def encode_hidden(self, context_ids: Tensor, context_mask: Tensor, cache: Cache, position_ids: Tensor
+                      ) -> tuple[Cache, Tensor]:
+        """:meth:`encode`, also returning the encoder's last hidden states ``[B, P, H]`` (for an AR loss)."""
         encoder = self.net.model.encoder
         dummy = torch.empty((context_ids.shape[0], context_ids.shape[1], 0), dtype=self.dtype,
                             device=context_ids.device)
@@ -157,7 +162,14 @@ class DiffusionGemmaAdapter(DiffusionModel):
             config=self.hf_config, inputs_embeds=dummy, attention_mask=context_mask.bool(), cache=cache,
             position_ids=position_ids, mm_token_type_ids=None,
         )
-        return encoder(input_ids=context_ids, attention_mask=masks, cache=cache, position_ids=position_ids).cache
+        out = encoder(input_ids=context_ids, attention_mask=masks, cache=cache, position_ids=position_ids)
+        return out.cache, out.last_hidden_state
+
+    def head_logits(self, hidden: Tensor) -> Tensor:
+        """float32 soft-capped logits of hidden states, as the model's own head computes them."""
+        cap = self.net.final_logit_softcapping
+        logits = self.net.lm_head(hidden).float()
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def decoder_masks(self, canvas: Tensor, cache: Cache, key_mask: Tensor) -> dict:
         """The decoder's mask dict for a canvas over ``cache``, as ``generate`` builds it.
@@ -169,16 +181,19 @@ class DiffusionGemmaAdapter(DiffusionModel):
         )
 
     def denoise(self, canvas: Tensor, cache: Cache, position_ids: Tensor, masks: dict | Tensor | None,
-                self_conditioning_logits: Tensor | None = None) -> Tensor:
+                self_conditioning_logits: Tensor | None = None, self_conditioning_mask: Tensor | None = None
+                ) -> Tensor:
         """Raw float32 logits ``[B, C, V]`` (soft-capped, temperature 1) of one decoder pass.
 
         Args:
             canvas: ``[B, C]`` noisy tokens; position_ids ``[1 | B, C]``.
             masks: the decoder mask dict (:meth:`decoder_masks`), a 2D padding mask or None.
             self_conditioning_logits: the previous step's logits ``[B, C, V]`` or None (zeros).
+            self_conditioning_mask: ``[B]`` bool, False zeroes a row's self-conditioning (training).
         """
         out = self.net(cache=cache, decoder_input_ids=canvas, decoder_position_ids=position_ids,
-                       decoder_attention_mask=masks, self_conditioning_logits=self_conditioning_logits)
+                       decoder_attention_mask=masks, self_conditioning_logits=self_conditioning_logits,
+                       self_conditioning_mask=self_conditioning_mask)
         return out.logits
 
 
