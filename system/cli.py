@@ -80,7 +80,11 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The CPU demo (system/demo.py): data, cached SFT, eval, StableDRL through Ray, eval, report."""
+    """The CPU demo (system/demo.py): data, cached SFT, eval, StableDRL through Ray, eval, report. CPU
+    kernels are pinned first (system/kernels.py) so that its numbers are the same on every x86-64 machine."""
+    from system.kernels import pin_cpu_kernels
+
+    pin_cpu_kernels(threads=2)
     from system.demo import print_result, run_demo
 
     result = run_demo(args.task, Path(args.run_dir), args.sft_set, args.overrides, args.limit, args.seed,
