@@ -36,6 +36,11 @@ class RolloutWorker:
         self.version = WeightVersion(0, "initial")
         self._lock = threading.Lock()
         self._stops = stop_ids(self.model)
+        self.swapper, self._transport = None, None  # rollout.stream_swap: block (weights between blocks)
+        if cfg.rollout.mode == "stream" and cfg.rollout.stream_swap == "block":
+            from system.stream_swap import BlockSwapper
+
+            self.swapper = BlockSwapper(self)
 
     def set_weights(self, state: dict[str, torch.Tensor], version: WeightVersion) -> int:
         """Swap in new weights (all or nothing) and their version; returns the version now live."""
@@ -50,6 +55,11 @@ class RolloutWorker:
         """Fetch the latest published weights (at least ``min_version``) and swap them in."""
         state, version = transport.receive(min_version=min_version)
         return self.set_weights(state, version)
+
+    def offer_version(self, version: int) -> None:
+        """Stream mode, block swaps: ``version`` is published; swapped in before the next decoding block."""
+        if self.swapper is not None:
+            self.swapper.offer(version)
 
     def rng_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -71,6 +81,7 @@ class RolloutWorker:
         behind ``min_version`` (e.g. restarted after a crash) first fetches the weights from ``transport``."""
         if transport is not None and self.version.version < min_version:
             self.receive_weights(transport, min_version)
+        self._transport = transport
         g = group_size or self.cfg.rollout.group_size
         with self._lock:
             version = self.version.version
@@ -96,6 +107,8 @@ class RolloutWorker:
 
     def _decode(self, rows: list[tuple[Example, list[int]]], version: int) -> list[Rollout]:
         start = time.monotonic()
+        if self.swapper is not None:
+            self.swapper.start(self._transport)
         out = self.decoder.generate([ids for _, ids in rows], self.generator)
         seconds = time.monotonic() - start
         approximate = float(is_approximate(out.decoder))
@@ -107,7 +120,8 @@ class RolloutWorker:
                 unmask_step=out.unmask_step[i].cpu(), logprobs=out.logprobs[i].cpu(),
                 entropies=out.entropies[i].cpu(), completion_mask=~out.filled[i].cpu(),
                 completion_text=completion_text(self.tokenizer, completion.tolist(), self._stops),
-                policy_version=version, decoder=out.decoder,
+                policy_version=version, decoder=out.decoder, token_version=None if self.swapper is None else
+                self.swapper.token_versions(out.unmask_step[i].cpu(), i, version),
                 decode_stats={"steps": float(out.steps_taken[i]), "seconds": seconds / len(rows),
                               "length": float((~out.filled[i]).sum()), "approximate_cache": approximate},
             ))

@@ -33,6 +33,7 @@ import heapq
 import json
 import math
 import random
+import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,30 +207,36 @@ def _records(run: Path) -> list[dict]:
     return [r for r in rows if r.get("type") == "metrics"][1:]  # step 1 carries start-up
 
 
+def _median(rows: list[dict], key: str) -> float:
+    return statistics.median(r.get(key, 0.0) for r in rows)
+
+
 def check(sync_run: Path, stream_run: Path, seed: int) -> dict:
-    """Inputs from a measured sync run (one rollout actor, one learner), the model's prediction of the
-    stream run with the same settings, and what the stream run measured."""
+    """The model against two measured runs with one rollout actor and one learner: each run's own
+    per-phase costs (medians over steps: a shared machine's noise is in the means) as input, its step
+    time and idle fractions predicted and measured. Sync: generation, learning and the weight sync one
+    after the other. Stream: ``run_stream`` with one actor and one learner."""
     sync, stream = _records(sync_run), _records(stream_run)
-    groups = sync[0]["rollout/groups"]
-    mean = lambda rows, key: sum(r.get(key, 0.0) for r in rows) / len(rows)  # noqa: E731
-    per_group = [r["timing/generation"] / groups for r in sync]
-    avg = sum(per_group) / len(per_group)
-    cv = math.sqrt(sum((x - avg) ** 2 for x in per_group) / len(per_group)) / avg
-    learner = mean(sync, "timing/learner")
-    costs = Costs(decode_s=avg, decode_cv=max(cv, 0.05), forward_s=0.0, fwd_bwd_s=learner / groups, mc_samples=1,
-                  allreduce_s=0.0, sync_s=mean(sync, "timing/sync"), swap_s=0.0, groups_per_gpu=int(groups) // 2,
-                  max_staleness=1, steps=len(stream))
-    predicted = run_stream(costs, 1, 1, random.Random(seed), capacity=2 * int(groups))
-    measured = {"seconds_per_step": mean(stream, "timing/step"),
-                "actor_idle": mean(stream, "stream/actor_idle_fraction"),
-                "learner_idle": mean(stream, "stream/learner_idle_fraction")}
-    sync_measured = {"seconds_per_step": mean(sync, "timing/step"),
-                     "actor_idle": 1 - mean(sync, "timing/generation") / mean(sync, "timing/step"),
-                     "learner_idle": 1 - learner / mean(sync, "timing/step")}
-    return {"inputs": {"decode_s_per_group": avg, "decode_cv": cv, "learner_s_per_step": learner,
-                       "groups_per_step": groups},
-            "sync_measured": sync_measured, "stream_predicted": {k: predicted[k] for k in measured},
-            "stream_measured": measured}
+    groups = int(sync[0]["rollout/groups"])
+    gen, learn, step = (_median(sync, k) for k in ("timing/generation", "timing/learner", "timing/step"))
+    sync_pred = {"seconds_per_step": gen + learn + _median(sync, "timing/sync"),
+                 "actor_idle": 1 - gen / step, "learner_idle": 1 - learn / step}
+    per_group = [r["stream/group_decode_s"] for r in stream]
+    mean = statistics.fmean(per_group)
+    costs = Costs(decode_s=mean, decode_cv=statistics.pstdev(per_group) / mean, forward_s=0.0,
+                  fwd_bwd_s=_median(stream, "timing/learner") / groups, mc_samples=1, allreduce_s=0.0,
+                  sync_s=_median(stream, "timing/sync"), swap_s=0.0, groups_per_gpu=groups // 2, steps=200)
+    predicted = run_stream(costs, 1, 1, random.Random(seed), capacity=2 * groups)
+    measured = {"seconds_per_step": _median(stream, "timing/step"),
+                "actor_idle": _median(stream, "stream/actor_idle_fraction"),
+                "learner_idle": _median(stream, "stream/learner_idle_fraction")}
+    rnd = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
+    return {"sync": {"inputs": rnd({"generation_s": gen, "learner_s": learn}), "predicted_step_s":
+                     round(sync_pred["seconds_per_step"], 3), "measured": rnd({"seconds_per_step": step,
+                     "actor_idle": sync_pred["actor_idle"], "learner_idle": sync_pred["learner_idle"]})},
+            "stream": {"inputs": rnd({"decode_s_per_group": mean, "decode_cv": costs.decode_cv,
+                                      "learner_s": _median(stream, "timing/learner"), "sync_s": costs.sync_s}),
+                       "predicted": rnd({k: predicted[k] for k in measured}), "measured": rnd(measured)}}
 
 
 def main() -> None:

@@ -185,6 +185,9 @@ class RolloutConfig(Section):
         None, ge=1, description="stream: groups in flight, waiting to be scored or buffered at most (back-pressure: "
         "no new prompt is issued beyond it); None: one batch ahead (2 x prompts_per_step) when max_staleness >= 1, "
         "else prompts_per_step. At least prompts_per_step.")
+    stream_swap: Literal["group", "block"] = Field(
+        "group", description="stream: when an actor takes a newly published version: between groups, or also "
+        "between the decoding blocks of a group (per-token versions recorded; system/stream_swap.py).")
     publish_every: int = Field(1, ge=1, description="Publish new weights to the rollout workers every n steps.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every n steps (0: only at the end).")
     eval_every: int = Field(

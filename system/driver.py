@@ -77,8 +77,10 @@ class NoWorkers:
 def build_workers(cfg: Config) -> Workers:
     c, mode = cfg.cluster, cfg.rollout.debug_mode
     ranks = c.num_learner_ranks
+    threads = 2 if cfg.rollout.mode == "stream" and cfg.rollout.stream_swap == "block" else 1  # offers meet generate
     rollout = (NoWorkers("rollout") if mode == "train_only" else
-               make_worker_group("rollout", RolloutWorker, cfg.rollout.num_actors, c, cfg, index_kwarg="worker_index"))
+               make_worker_group("rollout", RolloutWorker, cfg.rollout.num_actors, c, cfg, index_kwarg="worker_index",
+                                 max_concurrency=threads))
     reward = (NoWorkers("reward") if mode == "train_only" else
               make_worker_group("reward", RewardWorker, cfg.reward.num_workers if c.mode == "ray" else 1, c,
                                 cfg.reward))

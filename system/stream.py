@@ -16,9 +16,9 @@ submitted, so the stream is deterministic (the resume test relies on it); with R
 Weights without stopping the world. A publish goes to the weight transport only; no barrier on the
 actors. Each ``generate`` call carries the latest published version as ``min_version``, and the actor
 swaps it in before the group (``RolloutWorker.generate``): actors pick up a new version *between groups*.
-A group is generated under one lock, so all its tokens share one version; swapping between decoding
-blocks would need a hook in the decoder (actors/decoding) and is not done. The types carry per-token
-versions anyway (``Rollout.token_version``) for an engine that interrupts a group.
+With ``rollout.stream_swap: block`` each published version is also offered to the actors, which take it
+before their running group's next decoding block and record the version of each token
+(``Rollout.token_version``; system/stream_swap.py).
 
 Mixed versions, the choice. The learner's old policy is, by default, its own weights at the start of
 the step, scored on the batch before any update (learner/learner.py): AReaL's *proximal* policy. The
@@ -96,7 +96,9 @@ class Stream:
         self.published = published
         self.actors: list[Occupancy] = []  # the clock starts with the first step (not at start-up)
         self.learner = Occupancy(0.0)
-        self.latencies: list[float] = []
+        self.latencies: list[float] = []  # issue -> buffered, per group delivered this step
+        self.decode_s: list[float] = []  # the actor's decoding seconds, per group delivered this step
+        self.mixed = 0  # groups delivered with tokens of several versions (block swaps), this run
         self.scored = {"items": 0.0, "correct": 0.0, "seconds": 0.0}
         self.step, self.monitor, self.version, self.training = 0, None, published, False
 
@@ -155,6 +157,8 @@ class Stream:
                 continue  # delivered already: a re-issued call that ran twice
             group.group_id = item.ticket.group_id()
             self.latencies.append(time.monotonic() - item.ticket.issued)
+            self.decode_s.append(sum(r.decode_stats.get("seconds", 0.0) for r in group.rollouts))
+            self.mixed += int(len(group.versions()) > 1)
             groups.append(group)
         if groups:
             self.buffer.add(self.score_groups(groups), self.version)
@@ -243,13 +247,14 @@ class Stream:
                "stream/learner_idle_fraction_run": self.learner.idle_fraction(now, True),
                "stream/group_latency_mean": sum(self.latencies) / max(1, len(self.latencies)),
                "stream/group_latency_max": max(self.latencies, default=0.0),
+               "stream/group_decode_s": sum(self.decode_s) / max(1, len(self.decode_s)),
                "stream/groups_delivered": float(len(self.latencies)), "stream/queued": float(len(self.buffer)),
                "stream/in_flight": float(len(self.inflight)), "stream/dropped_stale": float(stats.dropped_stale),
-               "stream/dropped_mixed": float(stats.dropped_mixed),
+               "stream/dropped_mixed": float(stats.dropped_mixed), "stream/mixed_groups": float(self.mixed),
                "rollout/accuracy": scored["correct"] / max(1.0, scored["items"]), "timing/reward": scored["seconds"]}
         for lane in (*self.actors, self.learner):
             lane.reset(now)
-        self.latencies, self.scored = [], {"items": 0.0, "correct": 0.0, "seconds": 0.0}
+        self.latencies, self.decode_s, self.scored = [], [], {"items": 0.0, "correct": 0.0, "seconds": 0.0}
         return out
 
     def publish(self, version: int) -> dict[str, float]:
@@ -257,6 +262,9 @@ class Stream:
         start = time.monotonic()
         self.workers.learner.call("publish_weights", self.transport, version)
         self.published = version
+        if self.cfg.rollout.stream_swap == "block":  # taken before the running groups' next block
+            for i in range(self.workers.rollout.size):
+                self.workers.rollout.call_async(i, "offer_version", version)
         return {"timing/broadcast": time.monotonic() - start, "system/policy_version": float(version)}
 
     def advance(self) -> None:
