@@ -2,7 +2,8 @@
 
 Speed: per mode, generated tokens/s and forward-token work per generated token (query tokens run through
 the model / tokens generated), at each ``--lengths`` L, block 32, the reference at L / 2 steps
-(low_confidence, no cache), greedy, no early stop; ``speedup`` = the mode's tokens/s over the reference's.
+(low_confidence, no cache), greedy, no early stop; ``speedup`` = the mode's tokens/s over the reference's
+(the fastest of ``--repeats`` runs), ``work_speedup`` = the reference's forward tokens over the mode's.
 
 Accuracy (the tiny shape): a tiny full-attention model is first trained for ``--train-steps`` with the
 masked-diffusion SFT loss (learner.sft.sft_loss) on a task whose completions are as long as the
@@ -138,6 +139,9 @@ def bench_length(model: DiffusionModel, length: int, args: argparse.Namespace, a
         if ref_out is None:
             ref_out = out
         row["speedup"] = round(row["tokens_per_s"] / rows["reference"]["tokens_per_s"], 2) if rows else 1.0
+        # The same ratio in forward-token work: exact, and free of the noise of a shared machine.
+        ref_work = rows["reference"]["forward_tokens_per_token"] if rows else row["forward_tokens_per_token"]
+        row["work_speedup"] = round(ref_work / row["forward_tokens_per_token"], 2)
         if accuracy:
             completion = out.completion_ids.cpu()
             row["score"] = round(100 * float((completion == target).float().mean()), 2)

@@ -175,3 +175,17 @@ def test_the_bench_reports_every_mode_against_the_reference() -> None:
         assert (row["log_ratio_abs_max"] < 1e-4) == exact, name
     # The dual cache runs a block per step instead of the sequence.
     assert modes["dual"]["forward_tokens_per_token"] < modes["reference"]["forward_tokens_per_token"]
+
+
+def test_rollouts_record_the_mode_that_decoded_them() -> None:
+    from actors.rollout_worker import RolloutWorker
+    from actors.tasks import load_task_data
+    from system.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "fast_decoding_smoke.yaml")
+    worker = RolloutWorker(cfg)
+    train, _ = load_task_data(cfg.data)
+    (group,) = worker.generate(train[:1], group_size=2)
+    for rollout in group.rollouts:
+        assert rollout.decoder == "threshold/dual_cache" and rollout.decode_stats["approximate_cache"] == 1.0
