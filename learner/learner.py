@@ -156,7 +156,8 @@ class Learner:
         # DeepSpeed divides by the accumulation steps; weight each micro-batch by its share of groups.
         scale = self.micro_per_update * mb.num_groups / total_groups
         self.engine.backward(out.loss * scale)
-        return out.diagnostics
+        # loss/value: the policy loss of the micro-batch (averaged over micro-batches and inner updates).
+        return {**out.diagnostics, "value": float(out.loss.detach())}
 
     def _grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
@@ -254,7 +255,9 @@ class Learner:
         plans = [self._prepare(mb) for mb in mbs]
         sums: dict[str, float] = {}
         count, grad_norms, spikes = 0, [], 0
+        lrs = []  # the rates this step's updates use (read before each update: the schedule steps after it)
         for j in range(self.cfg.learner.inner_updates):
+            lrs.append(float(self.engine.optimizer.param_groups[0]["lr"]))
             norm, counted = self._update([(mb, plan[j]) for mb, plan in zip(mbs, plans)], total_groups, sums)
             count += counted
             grad_norm = norm if norm is not None else self._grad_norm()
@@ -268,7 +271,7 @@ class Learner:
             "train/zero_std_group_fraction": tb.num_zero_variance / tb.num_groups,
             "train/advantage_abs_mean": float(tb.advantages.abs().mean()),
             "grad/pre_clip_norm": max(grad_norms), "grad/spikes": float(spikes),
-            "train/lr": float(self.scheduler.get_last_lr()[0]), "train/updates": float(self.updates),
+            "train/lr": sum(lrs) / len(lrs), "train/updates": float(self.updates),
             "timing/learner": time.monotonic() - start,
         })
         return metrics

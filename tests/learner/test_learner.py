@@ -110,3 +110,18 @@ def test_loading_a_checkpoint_in_process_replays_the_update_exactly(tmp_path: Pa
     learner.train_on(fixed_groups())
     replayed = learner.state_dict()
     assert all(torch.equal(straight[k], replayed[k]) for k in straight)
+
+
+def test_step_metrics_carry_the_loss_and_the_rate_the_updates_used() -> None:
+    """loss/value is logged; train/lr is the mean rate of this step's updates (warm-up 4 updates, 2 a step:
+    1/4 and 2/4 of lr in step 1, 3/4 and 1 in step 2), not the next step's rate."""
+    from learner.learner import Learner
+    from system.config import load_config
+    from tests.learner.learner_job import BASE, fixed_groups
+
+    learner = Learner(load_config(None, [*BASE, "learner.warmup_steps=4"]))
+    first = learner.train_on(fixed_groups())
+    second = learner.train_on(fixed_groups())
+    assert first["train/lr"] == pytest.approx(1e-3 * (0.25 + 0.5) / 2)
+    assert second["train/lr"] == pytest.approx(1e-3 * (0.75 + 1.0) / 2)
+    assert torch.isfinite(torch.tensor(first["loss/value"]))
