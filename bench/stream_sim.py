@@ -18,8 +18,9 @@ costs ``sync_s``.
 * async: N rollout GPUs and M learner GPUs; batch k+1 is generated while the learner trains on batch k
   (one step off); generation pauses for the weight sync.
 * stream: N actors generate continuously, at most ``capacity`` groups in flight or buffered; the
-  learner starts a step when P groups at most ``max_staleness`` versions old are there; an actor swaps
-  weights in before its next group (``swap_s`` of its time); stale groups are dropped.
+  learner starts a step when P groups at most ``max_staleness`` versions old are there; no prompt is
+  issued whose group would be too stale by then (the stream's gate); an actor swaps weights in before its
+  next group (``swap_s`` of its time).
 
 For async and stream every split N + M of the GPUs is tried and the fastest is reported. The last stdout
 line is one JSON object: inputs, and per GPU count and mode the split, steps/hour, speed-up over sync,
@@ -121,7 +122,7 @@ def run_stream(costs: Costs, n: int, m: int, rng: random.Random, capacity: int |
     actor_version = [0] * n
     idle_actors = list(range(n))
     lags: dict[int, int] = {}
-    training = False
+    training = publishing = False
 
     def push(t: float, kind: str, who: int) -> None:
         nonlocal tick
@@ -130,7 +131,9 @@ def run_stream(costs: Costs, n: int, m: int, rng: random.Random, capacity: int |
 
     def start_actors() -> None:
         nonlocal in_flight, actor_busy
-        while idle_actors and in_flight + len(buffer) < capacity:
+        # the stream's admission gate (system/stream.py, Stream.fresh_enough): no group that would be too stale
+        while idle_actors and in_flight + len(buffer) < capacity and \
+                version + int(training) + (in_flight + len(buffer)) // p - published <= costs.max_staleness:
             a = idle_actors.pop()
             cost = decode_times(costs, rng, 1)[0] + (costs.swap_s if actor_version[a] < published else 0.0)
             actor_version[a] = published
@@ -143,7 +146,7 @@ def run_stream(costs: Costs, n: int, m: int, rng: random.Random, capacity: int |
         fresh = [v for v in buffer if version - v <= costs.max_staleness]
         dropped += len(buffer) - len(fresh)
         buffer[:] = fresh
-        if training or len(buffer) < p:
+        if training or publishing or len(buffer) < p:
             return
         batch, buffer[:] = buffer[:p], buffer[p:]
         for v in batch:
@@ -160,10 +163,10 @@ def run_stream(costs: Costs, n: int, m: int, rng: random.Random, capacity: int |
             buffer.append(actor_version[who])
             idle_actors.append(who)
         elif kind == "trained":  # the learner sends the weights (actors keep going), then takes a batch
-            version, steps = version + 1, steps + 1
+            version, steps, training, publishing = version + 1, steps + 1, False, True
             push(now + costs.sync_s, "published", version)
         elif kind == "published":
-            published, training = max(published, who), False
+            published, publishing = max(published, who), False
         start_learner()
         start_actors()
     total = now
@@ -222,8 +225,8 @@ def check(sync_run: Path, stream_run: Path, seed: int) -> dict:
     sync_pred = {"seconds_per_step": gen + learn + _median(sync, "timing/sync"),
                  "actor_idle": 1 - gen / step, "learner_idle": 1 - learn / step}
     per_group = [r["stream/group_decode_s"] for r in stream]
-    mean = statistics.fmean(per_group)
-    costs = Costs(decode_s=mean, decode_cv=statistics.pstdev(per_group) / mean, forward_s=0.0,
+    mean = statistics.median(per_group)
+    costs = Costs(decode_s=mean, decode_cv=statistics.pstdev(per_group) / statistics.fmean(per_group), forward_s=0.0,
                   fwd_bwd_s=_median(stream, "timing/learner") / groups, mc_samples=1, allreduce_s=0.0,
                   sync_s=_median(stream, "timing/sync"), swap_s=0.0, groups_per_gpu=groups // 2, steps=200)
     predicted = run_stream(costs, 1, 1, random.Random(seed), capacity=2 * groups)

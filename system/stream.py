@@ -130,9 +130,9 @@ class Stream:
             now = time.monotonic()
             ticket = self.prompts.issue(now)
             self.actors[worker].start(now)
-            kwargs = {} if self.published == 0 else {"transport": self.transport, "min_version": self.published}
-            item = InFlight(ticket, worker, self.workers.rollout.submit_to(worker, "generate", [ticket.example],
-                                                                            **kwargs))
+            future = self.workers.rollout.submit_to(worker, "generate", [ticket.example], transport=self.transport,
+                                                    min_version=self.published)
+            item = InFlight(ticket, worker, future)
             self.inflight.append(item)
             self.poll([item])
 
