@@ -164,3 +164,17 @@ def test_no_prompt_is_issued_whose_group_would_be_too_stale() -> None:
     assert not stream.fresh_enough()  # still the 2nd batch after the one in training
     stream.buffer.groups.pop()
     assert stream.fresh_enough()  # the next batch, at version 4
+
+
+def test_a_rollback_restarts_the_stream_of_its_checkpoint(tmp_path: Path) -> None:
+    """Every step fires (any ratio above 1.000001) and rolls back to the initial checkpoint (its stream
+    empty: what was in flight or buffered is dropped) until the rollbacks are spent, then stops."""
+    from system.driver import RunStopped
+
+    with pytest.raises(RunStopped, match="ratio"):
+        stream_run(tmp_path, "rollout.checkpoint_every=1", "monitor.ratio_max=1.000001",
+                   "monitor.ratio_action=rollback", "monitor.max_rollbacks=2")
+    fired = run_records(tmp_path, "event")
+    assert [e["action"] for e in fired] == ["rollback", "rollback", "stop"]
+    saved = torch.load(tmp_path / "checkpoints" / "step-0" / "stream.pt", weights_only=False)
+    assert saved["prompts"] == {"next_seq": 0, "open": []} and saved["buffer"]["groups"] == []
