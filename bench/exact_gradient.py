@@ -15,6 +15,8 @@ Measured for each setting (estimator, loss, remasking), at one theta:
   the batches grow; a biased surrogate (an ELBO in place of log P) stays below;
 - ``cosine_one_batch``: the mean cosine of a single batch's gradient (signal against noise);
 - ``snr``: |E g| / sqrt(E |g - E g|^2) over the batches;
+- ``reinforce_cosine_one_batch``: the same for the control below (a batch of the same size drawn from
+  the exact law, scored with the exact log-likelihood): what the estimator's own noise costs;
 - ``sampler_reward_z`` / ``sampler_tv_first_token``: the decoder's samples (all batches) against the
   exact distribution: the mean reward's z-score against J, and the first token's marginal (with
   ``sampler_tv_noise``, what sampling error alone gives): the enumeration is the sampler's law;
@@ -213,11 +215,14 @@ def measure_setting(label: str, setting: dict[str, Any], args: argparse.Namespac
     stacked = torch.stack(grads)
     mean = stacked.mean(0)
     noise = (stacked - mean).pow(2).sum(1).mean().sqrt()
+    control = [-flat_grad(reinforce_loss(model, qs, table, setting["remasking"], args.group_size, gen), model)
+               for _ in range(min(args.batches, 200))]
     result = {
         "cosine": round(cosine(mean, exact), 4),
         "cosine_one_batch": round(sum(cosine(g, exact) for g in grads) / len(grads), 4),
         "snr": round(float(mean.norm() / noise.clamp_min(1e-300)), 4),
         "norm_ratio": round(float(mean.norm() / exact.norm()), 4),
+        "reinforce_cosine_one_batch": round(sum(cosine(g, exact) for g in control) / len(control), 4),
         "batches": len(grads), "J": round(float(expected_reward(model, qs, table, setting["remasking"]).detach()), 4),
         **sampler_check(model, qs, table, torch.cat(completions), args.group_size, setting["remasking"]),
     }
