@@ -299,7 +299,7 @@ def test_load_unknown_architecture(tmp_path: Path) -> None:
         load_model(tmp_path)
     msg = str(info.value)
     assert "['GPT2LMHeadModel'] is not one stabledrl implements" in msg
-    assert ("known architectures: ['DreamModel', 'LLaDA2MoeModelLM', 'LLaDAModelLM', 'SDARForCausalLM', "
+    assert ("known architectures: ['DiffusionGemmaForBlockDiffusion', 'DreamModel', 'LLaDA2MoeModelLM', 'LLaDAModelLM', 'SDARForCausalLM', "
             "'TinyDLM']") in msg
 
 
