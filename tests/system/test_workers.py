@@ -43,6 +43,7 @@ def ray_cfg() -> Iterator[ClusterConfig]:
     """A fresh local Ray cluster of 4 logical CPUs on 127.0.0.1 (token auth, Ray's default)."""
     cfg = ClusterConfig(mode="ray", num_cpus=4, object_store_mb=128, namespace="test-workers",
                         startup_timeout_s=120.0)  # a regression fails in 2 minutes instead of hanging
+    ray_cluster.shutdown()  # a Ray another test module of this process left up lacks this directory on the path
     ray_cluster.connect(cfg, extra_pythonpath=[HERE], log_to_driver=False)
     try:
         yield cfg
