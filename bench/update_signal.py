@@ -50,7 +50,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ANSWER_OFFSET = 6  # "<reasoning>" "\n" "</reasoning>" "\n" "<answer>" "\n", then the 16 digits
 
 
-def reward_groups(worker: RolloutWorker, cfg: Config, examples: list, ctx: RewardContext) -> list[RolloutGroup]:
+def reward_groups(worker: RolloutWorker, examples: list, ctx: RewardContext) -> list[RolloutGroup]:
     groups = worker.generate(examples)
     for g in groups:
         for r in g.rollouts:
@@ -104,7 +104,7 @@ def measure(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     stats: dict[str, list[float]] = {"zero": [], "adv": [], "reward": []}
     grads, shared, blanks, effect = [], [], [], []
     for b in range(args.batches):
-        groups = reward_groups(worker, cfg, train[b * n:(b + 1) * n], ctx)
+        groups = reward_groups(worker, train[b * n:(b + 1) * n], ctx)
         rewards = torch.tensor([[r.reward for r in g.rollouts] for g in groups])
         stats["zero"].append(float((rewards.std(1) == 0).float().mean()))
         stats["adv"].append(float((rewards - rewards.mean(1, keepdim=True)).abs().mean()))

@@ -57,29 +57,14 @@ def test_pipeline_gradient_follows_the_exact_policy_gradient(bench, monkeypatch)
     assert result["cosine"] > 0.85, result
     assert 0.6 < result["norm_ratio"] < 1.2, result  # (G - 1) / G = 0.875 times grad J
 
-    import learner.advantages as advantages
+    import learner.batch as batch
 
-    real = advantages.advantages_from_config
+    real = batch.advantages_from_config
 
     def flipped(rewards, group_ids, cfg):  # type: ignore[no-untyped-def]
         out = real(rewards, group_ids, cfg)
         out.advantages = -out.advantages
         return out
 
-    monkeypatch.setattr(bench, "build_train_batch", _with_advantages(flipped))
+    monkeypatch.setattr(batch, "advantages_from_config", flipped)
     assert bench.measure_setting(label, bench.SETTINGS[label], _args(60))["cosine"] < -0.6
-
-
-def _with_advantages(fn):  # type: ignore[no-untyped-def]
-    """``build_train_batch`` with its advantages computed by ``fn``."""
-    import learner.batch as batch
-
-    def build(groups, pad_id, cfg, multiple_of=1):  # type: ignore[no-untyped-def]
-        original = batch.advantages_from_config
-        batch.advantages_from_config = fn
-        try:
-            return batch.build_train_batch(groups, pad_id, cfg, multiple_of)
-        finally:
-            batch.advantages_from_config = original
-
-    return build
